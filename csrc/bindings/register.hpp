@@ -1,0 +1,13 @@
+// One register_<concern>() per binding source; module.cpp calls them all.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace embtab {
+namespace bind {
+
+void register_runtime(pybind11::module_& m);
+void register_lookup(pybind11::module_& m);
+
+}  // namespace bind
+}  // namespace embtab

@@ -1,0 +1,144 @@
+// gather / gather_bags: validation, GIL release and dispatch to the lookup kernels.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "bindings/register.hpp"
+#include "bindings/validate.hpp"
+#include "kernels/lookup.hpp"
+
+namespace embtab {
+namespace bind {
+namespace {
+
+struct Table {
+  py::array array;  // C-contiguous
+  FloatKind kind;
+  std::int64_t num_rows, dim;
+};
+
+Table check_table(const py::handle& obj) {
+  py::array table = require_array(obj, "table");
+  const FloatKind kind = require_float(table, "table");
+  require_ndim(table, 2, "table");
+  return Table{c_contiguous(table), kind, table.shape(0), table.shape(1)};
+}
+
+// Allocates `out` or checks the caller's.
+py::array prepare_output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
+  if (out.is_none()) return py::array(dtype, shape);
+  py::array given = require_array(out, "out");
+  require_output(given, dtype, shape, "out");
+  return given;
+}
+
+py::array gather(const py::handle& table_obj, const py::handle& ids_obj, const py::object& out_obj) {
+  const Table table = check_table(table_obj);
+  const py::array ids_in = require_array(ids_obj, "ids");
+  const IndexKind ids_kind = require_index(ids_in, "ids");
+  const py::array ids = c_contiguous(ids_in);
+
+  std::vector<py::ssize_t> shape(ids.shape(), ids.shape() + ids.ndim());
+  shape.push_back(table.dim);
+  py::array out = prepare_output(out_obj, table.array.dtype(), shape);
+  const std::int64_t n = ids.size();
+
+  const std::int64_t bad = visit_float(table.kind, [&](auto ttag) {
+    using T = decltype(ttag);
+    return visit_index(ids_kind, [&](auto itag) {
+      using I = decltype(itag);
+      const T* table_ptr = cdata<T>(table.array);
+      const I* ids_ptr = cdata<I>(ids);
+      T* out_ptr = wdata<T>(out);
+      py::gil_scoped_release release;  // only raw pointers from here on
+      return lookup_kernels().get<T, I>().gather(table_ptr, table.num_rows, table.dim, ids_ptr, n, out_ptr);
+    });
+  });
+  if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
+  return out;
+}
+
+PoolMode parse_mode(const std::string& mode) {
+  if (mode == "sum") return PoolMode::sum;
+  if (mode == "mean") return PoolMode::mean;
+  if (mode == "max") return PoolMode::max;
+  throw py::value_error("mode must be 'sum', 'mean' or 'max', got '" + mode + "'");
+}
+
+py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, const py::object& offsets_obj,
+                       const std::string& mode_name, const py::object& weights_obj, const py::object& out_obj,
+                       bool return_argmax) {
+  const Table table = check_table(table_obj);
+  const PoolMode mode = parse_mode(mode_name);
+  const py::array ids_in = require_array(ids_obj, "ids");
+  const IndexKind ids_kind = require_index(ids_in, "ids");
+  const py::array ids = c_contiguous(ids_in);
+
+  std::vector<std::int64_t> offsets;
+  if (ids.ndim() == 2) {
+    if (!offsets_obj.is_none())
+      throw py::value_error("offsets must be None when ids is 2-D (num_bags, bag_len); got offsets with 2-D ids " +
+                            shape_str(ids));
+    const std::int64_t num_bags = ids.shape(0), bag_len = ids.shape(1);
+    offsets.resize(static_cast<std::size_t>(num_bags) + 1);
+    for (std::int64_t b = 0; b <= num_bags; ++b) offsets[static_cast<std::size_t>(b)] = b * bag_len;
+  } else if (ids.ndim() == 1) {
+    if (offsets_obj.is_none())
+      throw py::value_error("offsets is required when ids is 1-D (CSR bags); pass 2-D ids for fixed-length bags");
+    offsets = check_offsets(offsets_obj, ids.shape(0));
+  } else {
+    throw py::value_error("ids must be 1-D with offsets, or 2-D (num_bags, bag_len), got shape " + shape_str(ids));
+  }
+  const std::int64_t num_bags = static_cast<std::int64_t>(offsets.size()) - 1;
+
+  py::array weights;  // (a default py::array is an empty array, not null: test has_weights)
+  const bool has_weights = !weights_obj.is_none();
+  if (has_weights) {
+    if (mode == PoolMode::max) throw py::value_error("weights are only supported with mode 'sum' or 'mean', not 'max'");
+    py::array w = require_array(weights_obj, "weights");
+    if (!w.dtype().equal(table.array.dtype()))
+      throw py::type_error("weights must have the table's dtype " + dtype_str(table.array) + ", got " + dtype_str(w));
+    const std::vector<py::ssize_t> wshape(w.shape(), w.shape() + w.ndim()), ishape(ids.shape(), ids.shape() + ids.ndim());
+    if (wshape != ishape)
+      throw py::value_error("weights must have the shape of ids " + shape_str(ids) + ", got " + shape_str(w));
+    weights = c_contiguous(w);
+  }
+  if (return_argmax && mode != PoolMode::max) throw py::value_error("return_argmax=True requires mode='max'");
+
+  py::array out = prepare_output(out_obj, table.array.dtype(), {num_bags, table.dim});
+  py::array_t<std::int64_t> argmax;
+  if (return_argmax) argmax = py::array_t<std::int64_t>(std::vector<py::ssize_t>{num_bags, table.dim});
+
+  const std::int64_t bad = visit_float(table.kind, [&](auto ttag) {
+    using T = decltype(ttag);
+    return visit_index(ids_kind, [&](auto itag) {
+      using I = decltype(itag);
+      const T* table_ptr = cdata<T>(table.array);
+      const I* ids_ptr = cdata<I>(ids);
+      const T* weights_ptr = has_weights ? cdata<T>(weights) : nullptr;
+      T* out_ptr = wdata<T>(out);
+      std::int64_t* argmax_ptr = return_argmax ? argmax.mutable_data() : nullptr;
+      py::gil_scoped_release release;  // only raw pointers from here on
+      return lookup_kernels().get<T, I>().bags(table_ptr, table.num_rows, table.dim, ids_ptr, offsets.data(),
+                                               num_bags, weights_ptr, mode, out_ptr, argmax_ptr);
+    });
+  });
+  if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
+  if (return_argmax) return py::make_tuple(out, argmax);
+  return std::move(out);
+}
+
+}  // namespace
+
+void register_lookup(py::module_& m) {
+  m.def("gather", &gather, py::arg("table"), py::arg("ids"), py::arg("out") = py::none(),
+        "Rows of table at ids; see embtab.gather.");
+  m.def("gather_bags", &gather_bags, py::arg("table"), py::arg("ids"), py::arg("offsets") = py::none(),
+        py::arg("mode") = "sum", py::arg("weights") = py::none(), py::arg("out") = py::none(),
+        py::arg("return_argmax") = false, "Pooled lookups; see embtab.gather_bags.");
+}
+
+}  // namespace bind
+}  // namespace embtab

@@ -1,0 +1,55 @@
+// Threads and SIMD path selection.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bindings/register.hpp"
+#include "kernels/dispatch.hpp"
+#include "kernels/parallel.hpp"
+
+namespace embtab {
+namespace bind {
+
+namespace py = pybind11;
+
+namespace {
+
+Isa isa_from_name(const std::string& name) {
+  Isa isa;
+  if (!parse_isa(name, isa))
+    throw py::value_error("unknown SIMD path '" + name + "'; expected 'scalar', 'avx2' or 'avx512'");
+  if (!isa_available(isa))
+    throw py::value_error("SIMD path '" + name + "' is not available on this CPU or in this build (available: " +
+                          [] {
+                            std::string s;
+                            for (Isa a : available_isas()) s += (s.empty() ? "" : ", ") + std::string(isa_name(a));
+                            return s;
+                          }() + ")");
+  return isa;
+}
+
+}  // namespace
+
+void register_runtime(py::module_& m) {
+  m.def("get_num_threads", &get_num_threads);
+  m.def("set_num_threads", [](int n) {
+    if (n < 0) throw py::value_error("num_threads must be >= 0 (0 restores the default), got " + std::to_string(n));
+    py::gil_scoped_release release;  // resizing joins worker threads
+    set_num_threads(n);
+  });
+  m.def("default_num_threads", &default_num_threads);
+  m.def("simd_path", [] { return std::string(isa_name(current_isa())); });
+  m.def("set_simd_path", [](const std::string& name) { set_current_isa(isa_from_name(name)); });
+  m.def("available_simd_paths", [] {
+    std::vector<std::string> names;
+    for (Isa isa : available_isas()) names.emplace_back(isa_name(isa));
+    return names;
+  });
+  m.def("best_simd_path", [] { return std::string(isa_name(best_isa())); });
+}
+
+}  // namespace bind
+}  // namespace embtab

@@ -1,0 +1,122 @@
+#include "bindings/validate.hpp"
+
+#include <sstream>
+
+namespace embtab {
+namespace bind {
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+std::string shape_str(const std::vector<py::ssize_t>& shape) {
+  std::ostringstream s;
+  s << '(';
+  for (std::size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  if (shape.size() == 1) s << ',';
+  s << ')';
+  return s.str();
+}
+
+std::string shape_str(const py::array& a) {
+  return shape_str(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()));
+}
+
+std::string position_str(const char* name, const std::vector<py::ssize_t>& shape, std::int64_t flat) {
+  if (shape.empty()) return name;
+  std::vector<std::int64_t> index(shape.size(), 0);
+  for (std::size_t k = shape.size(); k-- > 0;) {
+    const std::int64_t extent = shape[k] > 0 ? shape[k] : 1;
+    index[k] = flat % extent;
+    flat /= extent;
+  }
+  std::ostringstream s;
+  s << name << '[';
+  for (std::size_t k = 0; k < index.size(); ++k) s << (k ? ", " : "") << index[k];
+  s << ']';
+  return s.str();
+}
+
+py::array require_array(const py::handle& obj, const char* name) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy array, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+FloatKind require_float(const py::array& a, const char* name) {
+  if (a.dtype().equal(py::dtype::of<float>())) return FloatKind::f32;
+  if (a.dtype().equal(py::dtype::of<double>())) return FloatKind::f64;
+  throw py::type_error(std::string(name) + " must have dtype float32 or float64, got " + dtype_str(a));
+}
+
+IndexKind require_index(const py::array& a, const char* name) {
+  if (a.dtype().equal(py::dtype::of<std::int32_t>())) return IndexKind::i32;
+  if (a.dtype().equal(py::dtype::of<std::int64_t>())) return IndexKind::i64;
+  throw py::type_error(std::string(name) + " must be an integer array of dtype int32 or int64, got " +
+                       dtype_str(a));
+}
+
+void require_ndim(const py::array& a, py::ssize_t ndim, const char* name) {
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D, got shape " +
+                          shape_str(a));
+}
+
+py::array c_contiguous(const py::array& a) {
+  if (a.flags() & py::array::c_style) return a;
+  return py::module_::import("numpy").attr("ascontiguousarray")(a).cast<py::array>();
+}
+
+void require_output(const py::array& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape,
+                    const char* name) {
+  if (!out.dtype().equal(dtype))
+    throw py::type_error(std::string(name) + " must have dtype " + py::str(dtype).cast<std::string>() + ", got " +
+                         dtype_str(out));
+  const std::vector<py::ssize_t> actual(out.shape(), out.shape() + out.ndim());
+  if (actual != shape)
+    throw py::value_error(std::string(name) + " must have shape " + shape_str(shape) + ", got " + shape_str(out));
+  if (!(out.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous (it is written in place, never copied)");
+  if (!out.writeable()) throw py::value_error(std::string(name) + " is read-only");
+}
+
+std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids) {
+  const py::array offsets = require_array(offsets_obj, "offsets");
+  const IndexKind kind = require_index(offsets, "offsets");
+  require_ndim(offsets, 1, "offsets");
+  const py::ssize_t n = offsets.shape(0);
+  if (n < 1) throw py::value_error("offsets must have num_bags + 1 >= 1 entries, got an empty array");
+  std::vector<std::int64_t> result(static_cast<std::size_t>(n));
+  const py::array contiguous = c_contiguous(offsets);
+  visit_index(kind, [&](auto tag) {
+    using I = decltype(tag);
+    const I* p = cdata<I>(contiguous);
+    for (py::ssize_t i = 0; i < n; ++i) result[static_cast<std::size_t>(i)] = static_cast<std::int64_t>(p[i]);
+  });
+  if (result[0] != 0) throw py::value_error("offsets[0] must be 0, got " + std::to_string(result[0]));
+  for (std::size_t i = 1; i < result.size(); ++i)
+    if (result[i] < result[i - 1])
+      throw py::value_error("offsets must be non-decreasing, but offsets[" + std::to_string(i) + "] = " +
+                            std::to_string(result[i]) + " < offsets[" + std::to_string(i - 1) + "] = " +
+                            std::to_string(result[i - 1]));
+  if (result.back() != num_ids)
+    throw py::value_error("offsets[-1] must equal len(ids) = " + std::to_string(num_ids) + ", got " +
+                          std::to_string(result.back()));
+  return result;
+}
+
+void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows, const char* name) {
+  const py::array flat = c_contiguous(ids);
+  std::int64_t value = 0;
+  visit_index(require_index(ids, name), [&](auto tag) {
+    using I = decltype(tag);
+    value = static_cast<std::int64_t>(cdata<I>(flat)[pos]);
+  });
+  const std::vector<py::ssize_t> shape(ids.shape(), ids.shape() + ids.ndim());
+  throw py::index_error(position_str(name, shape, pos) + " = " + std::to_string(value) +
+                        (value < 0 ? " is negative" : " is out of bounds") + " for a table with " +
+                        std::to_string(num_rows) + " rows (valid ids are 0 to " + std::to_string(num_rows - 1) +
+                        ")");
+}
+
+}  // namespace bind
+}  // namespace embtab

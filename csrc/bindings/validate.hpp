@@ -1,0 +1,77 @@
+// Argument checks shared by the register_*.cpp files. Everything here runs with the GIL held,
+// before any kernel; the messages name the argument, what was expected and what was given.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace embtab {
+namespace bind {
+
+namespace py = pybind11;
+
+std::string dtype_str(const py::array& a);
+std::string shape_str(const py::array& a);
+std::string shape_str(const std::vector<py::ssize_t>& shape);
+
+// "ids[1, 2]" for flat position 5 of an array of shape (2, 3).
+std::string position_str(const char* name, const std::vector<py::ssize_t>& shape, std::int64_t flat);
+
+// Requires a numpy array (TypeError otherwise).
+py::array require_array(const py::handle& obj, const char* name);
+
+enum class FloatKind { f32, f64 };
+enum class IndexKind { i32, i64 };
+
+// float32 / float64 (native byte order); TypeError naming the argument otherwise.
+FloatKind require_float(const py::array& a, const char* name);
+// int32 / int64 (native byte order); TypeError naming the argument otherwise.
+IndexKind require_index(const py::array& a, const char* name);
+
+void require_ndim(const py::array& a, py::ssize_t ndim, const char* name);
+
+// C-contiguous view of a read-only input (copies only when the layout is not C-contiguous; the
+// dtype was already checked, so no conversion can happen).
+py::array c_contiguous(const py::array& a);
+
+// An array a kernel will write into: must have exactly this dtype (TypeError), this shape,
+// C-contiguity and be writeable (ValueError). Never copied.
+void require_output(const py::array& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape,
+                    const char* name);
+
+// CSR offsets of num_bags + 1 entries: integer, 1-D, starting at 0, non-decreasing, ending at
+// num_ids. Returned as int64.
+std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids);
+
+// Throws IndexError for the id at flat position `pos` of `ids` (shape `shape`).
+[[noreturn]] void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows,
+                               const char* name = "ids");
+
+template <class T>
+const T* cdata(const py::array& a) {
+  return static_cast<const T*>(a.data());
+}
+template <class T>
+T* wdata(py::array& a) {
+  return static_cast<T*>(a.mutable_data());
+}
+
+// Calls f(T{}) with T = float or double.
+template <class F>
+decltype(auto) visit_float(FloatKind kind, F&& f) {
+  if (kind == FloatKind::f32) return f(float{});
+  return f(double{});
+}
+// Calls f(I{}) with I = int32_t or int64_t.
+template <class F>
+decltype(auto) visit_index(IndexKind kind, F&& f) {
+  if (kind == IndexKind::i32) return f(std::int32_t{});
+  return f(std::int64_t{});
+}
+
+}  // namespace bind
+}  // namespace embtab

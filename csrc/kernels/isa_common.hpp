@@ -1,0 +1,105 @@
+// Helpers for kernels compiled once per instruction set. Include this header INSIDE
+// `namespace embtab { namespace EMBTAB_ISA_NS {`: every function here then exists once per path,
+// compiled with that path's flags, and can never be merged with another path's copy by the linker.
+// (That is also why it uses no standard-library templates.)
+
+#ifndef EMBTAB_ISA_NS
+#error "compile this file once per instruction set with -DEMBTAB_ISA_NS=<name>"
+#endif
+
+#define EMBTAB_RESTRICT __restrict__
+#define EMBTAB_INLINE inline __attribute__((always_inline))
+
+constexpr std::int64_t kCacheLine = 64;
+
+template <class T>
+EMBTAB_INLINE T min_of(T a, T b) { return b < a ? b : a; }
+template <class T>
+EMBTAB_INLINE T max_of(T a, T b) { return a < b ? b : a; }
+
+// Prefetch a whole row into cache (read), one hint per cache line.
+EMBTAB_INLINE void prefetch_row(const void* row, std::int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (std::int64_t off = 0; off < bytes; off += kCacheLine) __builtin_prefetch(p + off, 0, 3);
+}
+
+// True when id is a valid row of a table with num_rows rows (negative ids are invalid).
+template <class I>
+EMBTAB_INLINE bool id_in_range(I id, std::int64_t num_rows) {
+  return static_cast<std::uint64_t>(static_cast<std::int64_t>(id)) < static_cast<std::uint64_t>(num_rows);
+}
+
+// Row operations. D > 0 fixes the row length at compile time (fully unrolled, registers);
+// D == 0 uses the run-time `dim`.
+template <int D, class T>
+EMBTAB_INLINE void row_copy(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) dst[j] = src[j];
+}
+template <int D, class T>
+EMBTAB_INLINE void row_scale_copy(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, T w, std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) dst[j] = w * src[j];
+}
+template <int D, class T>
+EMBTAB_INLINE void row_add(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) dst[j] += src[j];
+}
+template <int D, class T>
+EMBTAB_INLINE void row_axpy(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, T w, std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) dst[j] += w * src[j];
+}
+template <int D, class T>
+EMBTAB_INLINE void row_zero(T* EMBTAB_RESTRICT dst, std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) dst[j] = T(0);
+}
+template <int D, class T>
+EMBTAB_INLINE void row_div(T* EMBTAB_RESTRICT dst, T divisor, std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) dst[j] = dst[j] / divisor;
+}
+
+// Calls f.template operator()<D>() with D the compile-time row length matching dim (common
+// embedding sizes), or D = 0 for any other dim.
+#define EMBTAB_DISPATCH_DIM(dim, ...)            \
+  do {                                           \
+    switch (dim) {                               \
+      case 16: { constexpr int D = 16; __VA_ARGS__; } break;   \
+      case 32: { constexpr int D = 32; __VA_ARGS__; } break;   \
+      case 64: { constexpr int D = 64; __VA_ARGS__; } break;   \
+      case 128: { constexpr int D = 128; __VA_ARGS__; } break; \
+      case 256: { constexpr int D = 256; __VA_ARGS__; } break; \
+      default: { constexpr int D = 0; __VA_ARGS__; } break;    \
+    }                                            \
+  } while (0)
+
+// *target = min(*target, value), where -1 means "unset". Builtins, not std::atomic, for the reason
+// given at the top of this file.
+EMBTAB_INLINE void atomic_min(std::int64_t* target, std::int64_t value) {
+  std::int64_t seen = __atomic_load_n(target, __ATOMIC_RELAXED);
+  while ((seen < 0 || value < seen) &&
+         !__atomic_compare_exchange_n(target, &seen, value, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+}
+
+// First bag of chunk c when bags [0, num_bags) are split into `chunks` parts of about equal
+// (ids + bags): the smallest b with offsets[b] + b >= c * (total + num_bags) / chunks.
+EMBTAB_INLINE std::int64_t bag_chunk_begin(const std::int64_t* offsets, std::int64_t num_bags, std::int64_t c,
+                                           std::int64_t chunks) {
+  if (c <= 0) return 0;
+  if (c >= chunks) return num_bags;
+  const std::int64_t weight = offsets[num_bags] + num_bags;
+  const std::int64_t target = static_cast<std::int64_t>((static_cast<__int128>(weight) * c) / chunks);
+  std::int64_t lo = 0, hi = num_bags;
+  while (lo < hi) {
+    const std::int64_t mid = lo + (hi - lo) / 2;
+    if (offsets[mid] + mid >= target)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
+}

@@ -1,0 +1,48 @@
+// Forward lookups: gather rows by id, and pooled bags (sum / mean / max). Pure C++; no Python.
+//
+// Contract shared by every kernel here:
+// - `table` is a C-contiguous num_rows x dim matrix; `ids` are flat; bag b spans
+//   ids[offsets[b] : offsets[b + 1]] (offsets validated by the caller: 0-based, non-decreasing).
+// - Ids are bounds-checked as they are read. A kernel returns -1 on success, else the smallest
+//   position whose id is negative or >= num_rows (the output is then unspecified).
+// - Each output row is produced by one thread, adding its inputs in their original order, so the
+//   result is the same for every thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/dispatch.hpp"
+
+namespace embtab {
+
+enum class PoolMode : int { sum = 0, mean = 1, max = 2 };
+
+template <class T, class I>
+struct LookupFns {
+  std::int64_t (*gather)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids, std::int64_t n,
+                         T* out);
+  // weights: nullptr or one per id. argmax: nullptr, or (for max) num_bags x dim ids of the rows
+  // that won each output element (-1 for empty bags).
+  std::int64_t (*bags)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids,
+                       const std::int64_t* offsets, std::int64_t num_bags, const T* weights, PoolMode mode,
+                       T* out, std::int64_t* argmax);
+};
+
+struct LookupKernels {
+  LookupFns<float, std::int32_t> f32_i32;
+  LookupFns<float, std::int64_t> f32_i64;
+  LookupFns<double, std::int32_t> f64_i32;
+  LookupFns<double, std::int64_t> f64_i64;
+
+  template <class T, class I>
+  const LookupFns<T, I>& get() const;
+};
+
+template <> inline const LookupFns<float, std::int32_t>& LookupKernels::get() const { return f32_i32; }
+template <> inline const LookupFns<float, std::int64_t>& LookupKernels::get() const { return f32_i64; }
+template <> inline const LookupFns<double, std::int32_t>& LookupKernels::get() const { return f64_i32; }
+template <> inline const LookupFns<double, std::int64_t>& LookupKernels::get() const { return f64_i64; }
+
+}  // namespace embtab
+
+EMBTAB_ISA_TABLE(LookupKernels, lookup_kernels)

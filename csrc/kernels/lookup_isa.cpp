@@ -1,0 +1,185 @@
+// Gather and pooled-bag kernels, compiled once per instruction set (see CMakeLists.txt).
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/lookup.hpp"
+#include "kernels/parallel.hpp"
+
+namespace embtab {
+namespace EMBTAB_ISA_NS {
+
+#include "kernels/isa_common.hpp"
+
+namespace {
+
+using std::int64_t;
+
+// How many rows ahead to prefetch: about 8 KiB of rows in flight per thread.
+EMBTAB_INLINE int64_t prefetch_distance(int64_t row_bytes) {
+  return max_of<int64_t>(2, min_of<int64_t>(16, 8192 / max_of<int64_t>(row_bytes, 1)));
+}
+
+template <class I, class T>
+EMBTAB_INLINE void prefetch_id(const I* ids, int64_t pos, int64_t end, const T* table, int64_t num_rows,
+                               int64_t dim) {
+  if (pos < end) {
+    const I ahead = ids[pos];
+    if (id_in_range(ahead, num_rows)) prefetch_row(table + static_cast<int64_t>(ahead) * dim, dim * int64_t(sizeof(T)));
+  }
+}
+
+template <int D, class T, class I>
+void gather_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim, const I* EMBTAB_RESTRICT ids,
+                  int64_t begin, int64_t end, T* EMBTAB_RESTRICT out, int64_t* first_bad) {
+  const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
+  for (int64_t i = begin; i < end; ++i) {
+    prefetch_id(ids, i + ahead, end, table, num_rows, dim);
+    const I id = ids[i];
+    if (!id_in_range(id, num_rows)) {
+      atomic_min(first_bad, i);
+      return;
+    }
+    row_copy<D>(out + i * dim, table + static_cast<int64_t>(id) * dim, dim);
+  }
+}
+
+template <class T, class I>
+int64_t gather(const T* table, int64_t num_rows, int64_t dim, const I* ids, int64_t n, T* out) {
+  int64_t first_bad = -1;
+  if (n <= 0) return -1;
+  if (dim == 0) {
+    // Nothing to copy, but ids are still checked.
+    for (int64_t i = 0; i < n; ++i)
+      if (!id_in_range(ids[i], num_rows)) return i;
+    return -1;
+  }
+  const std::size_t grain = static_cast<std::size_t>(max_of<int64_t>(1, 32768 / dim));
+  parallel_for(static_cast<std::size_t>(n), grain, [&](std::size_t b, std::size_t e) {
+    EMBTAB_DISPATCH_DIM(dim, gather_range<D>(table, num_rows, dim, ids, int64_t(b), int64_t(e), out, &first_bad));
+  });
+  return first_bad;
+}
+
+// Max pooling that propagates NaN like numpy's max; with argmax, the first maximum (or first NaN)
+// wins, like numpy's argmax.
+template <int D, class T>
+EMBTAB_INLINE void row_max(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T v = src[j], m = dst[j];
+    dst[j] = (v > m || v != v) ? v : m;
+  }
+}
+template <int D, class T>
+EMBTAB_INLINE void row_max_arg(T* EMBTAB_RESTRICT dst, int64_t* EMBTAB_RESTRICT arg, const T* EMBTAB_RESTRICT src,
+                               int64_t id, std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) {
+    const T v = src[j], m = dst[j];
+    const bool take = v > m || (v != v && m == m);
+    dst[j] = take ? v : m;
+    arg[j] = take ? id : arg[j];
+  }
+}
+
+template <int D, PoolMode M, bool Weighted, bool Arg, class T, class I>
+void bags_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim, const I* EMBTAB_RESTRICT ids,
+                const int64_t* offsets, int64_t bag_begin, int64_t bag_end, const T* EMBTAB_RESTRICT weights,
+                T* EMBTAB_RESTRICT out, int64_t* EMBTAB_RESTRICT argmax, int64_t* first_bad) {
+  const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
+  const int64_t ids_end = offsets[bag_end];
+  for (int64_t b = bag_begin; b < bag_end; ++b) {
+    const int64_t s = offsets[b], e = offsets[b + 1];
+    T* EMBTAB_RESTRICT o = out + b * dim;
+    int64_t* EMBTAB_RESTRICT am = Arg ? argmax + b * dim : nullptr;
+    if (s == e) {
+      row_zero<D>(o, dim);
+      if (Arg)
+        for (int64_t j = 0; j < dim; ++j) am[j] = -1;
+      continue;
+    }
+    for (int64_t i = s; i < e; ++i) {
+      prefetch_id(ids, i + ahead, ids_end, table, num_rows, dim);
+      const I id = ids[i];
+      if (!id_in_range(id, num_rows)) {
+        atomic_min(first_bad, i);
+        return;
+      }
+      const T* EMBTAB_RESTRICT row = table + static_cast<int64_t>(id) * dim;
+      if (M == PoolMode::max) {
+        if (i == s) {
+          row_copy<D>(o, row, dim);
+          if (Arg)
+            for (int64_t j = 0; j < dim; ++j) am[j] = static_cast<int64_t>(id);
+        } else if (Arg) {
+          row_max_arg<D>(o, am, row, static_cast<int64_t>(id), dim);
+        } else {
+          row_max<D>(o, row, dim);
+        }
+      } else if (Weighted) {
+        if (i == s)
+          row_scale_copy<D>(o, row, weights[i], dim);
+        else
+          row_axpy<D>(o, row, weights[i], dim);
+      } else {
+        if (i == s)
+          row_copy<D>(o, row, dim);
+        else
+          row_add<D>(o, row, dim);
+      }
+    }
+    if (M == PoolMode::mean) row_div<D>(o, static_cast<T>(e - s), dim);
+  }
+}
+
+template <PoolMode M, bool Weighted, bool Arg, class T, class I>
+int64_t bags_mode(const T* table, int64_t num_rows, int64_t dim, const I* ids, const int64_t* offsets,
+                  int64_t num_bags, const T* weights, T* out, int64_t* argmax) {
+  int64_t first_bad = -1;
+  const int64_t total = offsets[num_bags];
+  // Split bags between threads by (ids read + bags written), so that long bags balance.
+  const int64_t work = (total + num_bags) * max_of<int64_t>(dim, 1);
+  const int64_t chunks = min_of<int64_t>(get_num_threads(), max_of<int64_t>(1, work / 65536));
+  parallel_for(static_cast<std::size_t>(chunks), 1, [&](std::size_t c0, std::size_t c1) {
+    for (std::size_t c = c0; c < c1; ++c) {
+      const int64_t b0 = bag_chunk_begin(offsets, num_bags, int64_t(c), chunks);
+      const int64_t b1 = bag_chunk_begin(offsets, num_bags, int64_t(c) + 1, chunks);
+      if (b0 < b1)
+        EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(table, num_rows, dim, ids, offsets, b0, b1,
+                                                                 weights, out, argmax, &first_bad));
+    }
+  });
+  return first_bad;
+}
+
+template <class T, class I>
+int64_t bags(const T* table, int64_t num_rows, int64_t dim, const I* ids, const int64_t* offsets,
+             int64_t num_bags, const T* weights, PoolMode mode, T* out, int64_t* argmax) {
+  if (num_bags <= 0) return -1;
+  switch (mode) {
+    case PoolMode::max:
+      return argmax ? bags_mode<PoolMode::max, false, true>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax)
+                    : bags_mode<PoolMode::max, false, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax);
+    case PoolMode::mean:
+      return weights ? bags_mode<PoolMode::mean, true, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax)
+                     : bags_mode<PoolMode::mean, false, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax);
+    default:
+      return weights ? bags_mode<PoolMode::sum, true, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax)
+                     : bags_mode<PoolMode::sum, false, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax);
+  }
+}
+
+template <class T, class I>
+constexpr LookupFns<T, I> fns() {
+  return LookupFns<T, I>{&gather<T, I>, &bags<T, I>};
+}
+
+const LookupKernels kTable{fns<float, std::int32_t>(), fns<float, std::int64_t>(), fns<double, std::int32_t>(),
+                           fns<double, std::int64_t>()};
+
+}  // namespace
+
+const LookupKernels& lookup_kernels() { return kTable; }
+
+}  // namespace EMBTAB_ISA_NS
+}  // namespace embtab

@@ -1,0 +1,96 @@
+"""Forward lookups: gather and pooled bags against numpy (take, take + reduceat) and torch."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import numpy as np
+
+import embtab
+
+from .common import Case, Config, assert_close, assert_equal, optional_import
+
+
+def cases(config: Config) -> List[Case]:
+    rng = np.random.default_rng(config.seed)
+    table = rng.standard_normal((config.num_rows, config.dim), dtype=np.float32)
+    row_bytes = config.dim * table.itemsize
+    ids = rng.integers(0, config.num_rows, config.gather_ids, dtype=np.int64)
+    bag_ids = rng.integers(0, config.num_rows, (config.num_bags, config.bag_len), dtype=np.int64)
+    flat = bag_ids.ravel()
+    starts = np.arange(0, flat.size, config.bag_len)
+    weights = rng.random(bag_ids.shape, dtype=np.float32)
+    torch = optional_import("torch")
+
+    gather_out = np.empty((ids.size, config.dim), np.float32)
+    out: List[Case] = [
+        Case(
+            name="gather",
+            sizes=f"{config.num_rows:,}x{config.dim} f32, {ids.size:,} ids",
+            run=lambda: embtab.gather(table, ids, out=gather_out),
+            baseline=lambda: np.take(table, ids, axis=0),
+            baseline_name="np.take",
+            check=assert_equal,
+            bytes_moved=ids.size * (2 * row_bytes + ids.itemsize),
+        )
+    ]
+    bag_bytes = flat.size * (row_bytes + flat.itemsize) + config.num_bags * row_bytes
+    sizes = f"{config.num_bags:,} bags x {config.bag_len}"
+
+    def reduceat(ufunc: Any, scale: float = 1.0, w: Any = None) -> Any:
+        def fn() -> Any:
+            rows = np.take(table, flat, axis=0)
+            if w is not None:
+                rows *= w.reshape(-1, 1)
+            res = ufunc.reduceat(rows, starts, axis=0)
+            return res / scale if scale != 1.0 else res
+
+        return fn
+
+    for mode, ufunc, scale in (("sum", np.add, 1.0), ("mean", np.add, float(config.bag_len)), ("max", np.maximum, 1.0)):
+        case = Case(
+            name=f"bags_{mode}",
+            sizes=sizes,
+            run=(lambda mode=mode: embtab.gather_bags(table, bag_ids, mode=mode)),
+            baseline=reduceat(ufunc, scale),
+            baseline_name="np.take+reduceat",
+            check=assert_close,
+            bytes_moved=bag_bytes,
+        )
+        out.append(case)
+    out.append(
+        Case(
+            name="bags_sum_weighted",
+            sizes=sizes,
+            run=lambda: embtab.gather_bags(table, bag_ids, weights=weights),
+            baseline=reduceat(np.add, 1.0, weights),
+            baseline_name="np.take+reduceat",
+            check=assert_close,
+            bytes_moved=bag_bytes + flat.size * weights.itemsize,
+        )
+    )
+
+    if torch is not None:
+        t_table = torch.from_numpy(table)
+        t_ids = torch.from_numpy(ids)
+        t_bags = torch.from_numpy(bag_ids)
+        t_weights = torch.from_numpy(weights)
+        F = torch.nn.functional
+
+        def peer(fn: Any) -> Any:
+            def run() -> Any:
+                with torch.no_grad():
+                    return fn().numpy()
+
+            return run
+
+        out[0].peers["torch"] = peer(lambda: F.embedding(t_ids, t_table))
+        out[0].peer_checks["torch"] = assert_equal
+        for case in out[1:]:
+            mode = case.name.split("_")[1]
+            if case.name.endswith("weighted"):
+                case.peers["torch"] = peer(lambda: F.embedding_bag(t_bags, t_table, mode="sum", per_sample_weights=t_weights))
+            else:
+                case.peers["torch"] = peer(lambda mode=mode: F.embedding_bag(t_bags, t_table, mode=mode))
+            case.peer_checks["torch"] = assert_close
+    return out

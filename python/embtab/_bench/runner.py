@@ -1,0 +1,189 @@
+"""``python -m embtab bench``: one table of embtab against its baselines, measured in one run."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+import embtab
+
+from . import __name__ as _package_name
+from . import __path__ as _package_path
+from .common import Case, Config, optional_import, time_call
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small sizes; runs in seconds")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="thread counts to sweep (default: the CPUs available)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (default 7, quick 3)")
+    parser.add_argument("--cases", default=None, help="comma-separated substrings: run only matching cases")
+    parser.add_argument("--json", dest="json_path", default=None, help="also write every measurement to this JSON file")
+    parser.add_argument("--plot", dest="plot_path", default=None, help="also draw a PNG bar chart (needs matplotlib)")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def copy_bandwidth(quick: bool, repeats: int) -> float:
+    """GB/s of a large single-threaded ``np.copyto`` (bytes read + bytes written)."""
+    n = (16 if quick else 256) * 2**20 // 8
+    src = np.ones(n)
+    dst = np.empty_like(src)
+    times = time_call(lambda: np.copyto(dst, src), repeats)
+    return 2 * src.nbytes / statistics.median(times) / 1e9
+
+
+def discover_cases(config: Config) -> List[Case]:
+    found: List[Case] = []
+    for info in sorted(pkgutil.iter_modules(_package_path), key=lambda m: m.name):
+        if info.name.endswith("_cases"):
+            module = importlib.import_module(f"{_package_name}.{info.name}")
+            found.extend(module.cases(config))
+    return found
+
+
+def measure(fn: Any, repeats: int) -> List[float]:
+    # Slow baselines (seconds a call) get fewer repeats so that the run stays short.
+    first = time_call(fn, 1, warmup=1)
+    if first[0] > 1.0:
+        return first + time_call(fn, max(0, min(repeats, 3) - 1), warmup=0)
+    return first + time_call(fn, repeats - 1, warmup=0)
+
+
+def fmt_ms(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def fmt_rate(value: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:.0f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    config = Config.make(args.quick)
+    repeats = args.repeats or (3 if args.quick else 7)
+    thread_counts = args.threads or [embtab.get_num_threads()]
+    torch = optional_import("torch")
+    if torch is not None:
+        # Give torch the same CPUs as embtab for a fair comparison.
+        torch.set_num_threads(max(thread_counts))
+
+    cases = discover_cases(config)
+    if args.cases:
+        wanted = [w.strip() for w in args.cases.split(",") if w.strip()]
+        cases = [c for c in cases if any(w in c.name for w in wanted)]
+
+    bandwidth = copy_bandwidth(args.quick, repeats)
+    machine = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "threads_available": embtab._core.default_num_threads(),
+        "simd_path": embtab.simd_path(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None),
+        "embtab": embtab.__version__,
+        "copy_bandwidth_gbs": bandwidth,
+        "repeats": repeats,
+        "quick": args.quick,
+    }
+    print(f"embtab {embtab.__version__} bench | {machine['cpu']} | {machine['cores']} CPUs | "
+          f"SIMD {machine['simd_path']} | numpy {np.__version__}"
+          + (f" | torch {torch.__version__}" if torch is not None else " | torch not installed"))
+    print(f"memory-copy bandwidth (np.copyto, 1 thread, read+write): {bandwidth:.1f} GB/s; "
+          f"times are medians of {repeats} repeats after a warm-up, in ms")
+    print()
+
+    rows: List[Dict[str, Any]] = []
+    peer_names = sorted({p for c in cases for p in c.peers})
+    header = ["case", "sizes", "threads", "baseline", "baseline ms", "embtab ms", "speedup"]
+    for p in peer_names:
+        header += [f"{p} ms", f"vs {p}"]
+    header += ["GB/s", "% copy bw", "rate"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    sys.stdout.flush()
+
+    original_threads = embtab.get_num_threads()
+    try:
+        for case in cases:
+            reps = case.repeats or repeats
+            base_res = case.baseline() if case.baseline is not None else None
+            if case.check is not None and case.baseline is not None:
+                case.check(case.run(), base_res)
+            for name, check in case.peer_checks.items():
+                check(case.run(), case.peers[name]())
+            base_times = measure(case.baseline, reps) if case.baseline is not None else None
+            peer_times = {name: measure(fn, reps) for name, fn in case.peers.items()}
+            for threads in thread_counts:
+                embtab.set_num_threads(threads)
+                times = measure(case.run, reps)
+                t = statistics.median(times)
+                base_t = statistics.median(base_times) if base_times else None
+                row: Dict[str, Any] = {
+                    "case": case.name, "sizes": case.sizes, "threads": threads,
+                    "baseline": case.baseline_name if case.baseline else None,
+                    "baseline_s": {"min": min(base_times), "median": base_t} if base_times else None,
+                    "embtab_s": {"min": min(times), "median": t},
+                    "speedup": base_t / t if base_t else None,
+                    "peers": {n: {"min": min(v), "median": statistics.median(v),
+                                  "embtab_speedup": statistics.median(v) / t} for n, v in peer_times.items()},
+                }
+                cells = [case.name, case.sizes, str(threads), row["baseline"] or "-", fmt_ms(base_t), fmt_ms(t),
+                         f"{row['speedup']:.1f}x" if row["speedup"] else "-"]
+                for p in peer_names:
+                    info = row["peers"].get(p)
+                    cells += [fmt_ms(info["median"]) if info else "-", f"{info['embtab_speedup']:.1f}x" if info else "-"]
+                if case.bytes_moved:
+                    gbs = case.bytes_moved / t / 1e9
+                    row["gbs"] = gbs
+                    row["pct_copy_bw"] = 100 * gbs / bandwidth
+                    cells += [f"{gbs:.1f}", f"{row['pct_copy_bw']:.0f}%"]
+                else:
+                    cells += ["-", "-"]
+                if case.items:
+                    row["rate"] = case.items / t
+                    row["rate_unit"] = f"{case.item_unit}/s"
+                    cells.append(f"{fmt_rate(row['rate'])} {case.item_unit}/s")
+                else:
+                    cells.append("-")
+                rows.append(row)
+                print("| " + " | ".join(cells) + " |")
+                sys.stdout.flush()
+    finally:
+        embtab.set_num_threads(original_threads)
+
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as f:
+            json.dump({"machine": machine, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}, f, indent=2)
+        print(f"\nwrote {args.json_path}")
+    if args.plot_path:
+        from .plot import plot
+
+        plot(rows, machine, args.plot_path)
+        print(f"wrote {args.plot_path}")
+    return 0

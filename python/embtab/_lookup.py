@@ -1,0 +1,115 @@
+"""Forward lookups: gather rows by id and pooled bag lookups."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Tuple, Union, overload
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import _core
+from ._arrays import as_ids, as_values
+
+PoolMode = Literal["sum", "mean", "max"]
+
+
+def gather(table: NDArray[np.floating], ids: ArrayLike, *, out: Optional[NDArray[np.floating]] = None) -> NDArray[np.floating]:
+    """Rows of ``table`` at ``ids``: the same result as ``table[ids]``.
+
+    Parameters
+    ----------
+    table : ndarray, shape (num_rows, dim), float32 or float64
+        The embedding table. Read-only tables are fine; a non-C-contiguous one is copied first.
+    ids : array_like of int32 or int64, any shape
+        Row ids. Negative ids are an error (numpy would wrap them around; embtab does not).
+    out : ndarray, optional
+        Where to write the result: shape ``ids.shape + (dim,)``, the table's dtype, C-contiguous
+        and writeable. It is never copied or cast.
+
+    Returns
+    -------
+    ndarray of shape ``ids.shape + (dim,)`` and the table's dtype.
+
+    Raises
+    ------
+    IndexError
+        An id is negative or >= num_rows (the message names its position and value).
+    TypeError
+        ``table`` is not float32/float64, ``ids`` is not an integer array (float, bool and uint64
+        ids are refused), or ``out`` has another dtype.
+    ValueError
+        ``table`` is not 2-D, or ``out`` has the wrong shape, is not C-contiguous or is read-only.
+    """
+    return _core.gather(table, as_ids(ids), out)
+
+
+@overload
+def gather_bags(
+    table: NDArray[np.floating],
+    ids: ArrayLike,
+    offsets: Optional[ArrayLike] = ...,
+    *,
+    mode: PoolMode = ...,
+    weights: Optional[ArrayLike] = ...,
+    out: Optional[NDArray[np.floating]] = ...,
+    return_argmax: Literal[False] = ...,
+) -> NDArray[np.floating]: ...
+@overload
+def gather_bags(
+    table: NDArray[np.floating],
+    ids: ArrayLike,
+    offsets: Optional[ArrayLike] = ...,
+    *,
+    mode: PoolMode = ...,
+    weights: Optional[ArrayLike] = ...,
+    out: Optional[NDArray[np.floating]] = ...,
+    return_argmax: Literal[True],
+) -> Tuple[NDArray[np.floating], NDArray[np.int64]]: ...
+def gather_bags(
+    table: NDArray[np.floating],
+    ids: ArrayLike,
+    offsets: Optional[ArrayLike] = None,
+    *,
+    mode: PoolMode = "sum",
+    weights: Optional[ArrayLike] = None,
+    out: Optional[NDArray[np.floating]] = None,
+    return_argmax: bool = False,
+) -> Union[NDArray[np.floating], Tuple[NDArray[np.floating], NDArray[np.int64]]]:
+    """Pooled lookup ("embedding bag"): one output row per bag of ids.
+
+    Bag ``b`` holds ``ids[offsets[b]:offsets[b + 1]]`` when ``ids`` is 1-D and ``offsets`` a CSR
+    index pointer, or ``ids[b]`` when ``ids`` is 2-D ``(num_bags, bag_len)`` and ``offsets`` is None.
+    Per bag the result equals ``table[bag].sum(0)``, ``.mean(0)`` or ``.max(0)`` (within float
+    rounding; rows are added in their original order). An empty bag gives a zero row in every mode.
+
+    Parameters
+    ----------
+    table : ndarray, shape (num_rows, dim), float32 or float64
+    ids : array_like of int32 or int64, 1-D (with ``offsets``) or 2-D (without)
+    offsets : array_like of int32 or int64, shape (num_bags + 1,), optional
+        ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == len(ids)``.
+    mode : {"sum", "mean", "max"}
+    weights : ndarray, same shape as ``ids`` and the table's dtype, optional
+        Multiplies each row before pooling ("sum" and "mean" only): the mean of a bag is
+        ``sum(w_i * row_i) / len(bag)``, as in ``torch.nn.functional.embedding_bag``.
+    out : ndarray of shape (num_bags, dim), optional
+        Written in place; must have the table's dtype, be C-contiguous and writeable.
+    return_argmax : bool
+        With ``mode="max"``, also return an int64 ``(num_bags, dim)`` array holding, for each output
+        element, the id of the row that won (the first one on ties; -1 for empty bags).
+
+    Raises
+    ------
+    IndexError
+        An id is negative or out of range (position and value named).
+    TypeError
+        Non-float table, non-integer ids or offsets, ``weights``/``out`` of another dtype.
+    ValueError
+        Bad shapes, offsets that do not start at 0, decrease or do not end at ``len(ids)``, 1-D ids
+        without offsets or 2-D ids with them, an unknown mode, weights with ``mode="max"``.
+    """
+    if offsets is not None:
+        offsets = as_ids(offsets)
+    return _core.gather_bags(
+        table, as_ids(ids), offsets, mode, as_values(weights, table), out, return_argmax
+    )

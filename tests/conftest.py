@@ -1,0 +1,39 @@
+"""Shared fixtures: every kernel test runs under each SIMD path this CPU supports and several
+thread counts (results must be identical for all of them)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+import embtab
+
+SIMD_PATHS = embtab.available_simd_paths()
+THREAD_COUNTS = [1, 2, 3, 8]
+
+
+@pytest.fixture(params=SIMD_PATHS)
+def simd_path(request: pytest.FixtureRequest) -> Iterator[str]:
+    previous = embtab.simd_path()
+    embtab.set_simd_path(request.param)
+    try:
+        yield request.param
+    finally:
+        embtab.set_simd_path(previous)
+
+
+@pytest.fixture(params=THREAD_COUNTS)
+def num_threads(request: pytest.FixtureRequest) -> Iterator[int]:
+    previous = embtab.get_num_threads()
+    embtab.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        embtab.set_num_threads(previous)
+
+
+@pytest.fixture
+def each_path_and_threads(simd_path: str, num_threads: int) -> tuple:
+    """Use in a test to run it under every (SIMD path, thread count) pair."""
+    return simd_path, num_threads
