@@ -28,7 +28,7 @@ Table check_table(const py::handle& obj) {
 
 // Allocates `out` or checks the caller's.
 py::array prepare_output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
-  if (out.is_none()) return py::array(dtype, shape);
+  if (out.is_none()) return aligned_empty(dtype, shape);
   py::array given = require_array(out, "out");
   require_output(given, dtype, shape, "out");
   return given;

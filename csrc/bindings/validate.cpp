@@ -1,5 +1,7 @@
 #include "bindings/validate.hpp"
 
+#include <pybind11/stl.h>
+
 #include <sstream>
 
 namespace embtab {
@@ -77,6 +79,19 @@ void require_output(const py::array& out, const py::dtype& dtype, const std::vec
   if (!(out.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + " must be C-contiguous (it is written in place, never copied)");
   if (!out.writeable()) throw py::value_error(std::string(name) + " is read-only");
+}
+
+py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
+  constexpr py::ssize_t kAlign = 64;
+  py::ssize_t count = 1;
+  for (py::ssize_t extent : shape) count *= extent;
+  const py::ssize_t bytes = count * dtype.itemsize();
+  py::array_t<std::uint8_t> buffer(bytes + kAlign);
+  const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
+  const py::ssize_t skip = static_cast<py::ssize_t>((kAlign - address % kAlign) % kAlign);
+  py::object np = py::module_::import("numpy");
+  py::object view = buffer[py::slice(skip, skip + bytes, 1)].attr("view")(dtype).attr("reshape")(py::tuple(py::cast(shape)));
+  return view.cast<py::array>();
 }
 
 std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids) {

@@ -43,6 +43,10 @@ py::array c_contiguous(const py::array& a);
 void require_output(const py::array& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape,
                     const char* name);
 
+// A new C-contiguous array whose data starts on a 64-byte boundary (a view into a slightly larger
+// buffer), so that kernels can use aligned, non-temporal stores.
+py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& shape);
+
 // CSR offsets of num_bags + 1 entries: integer, 1-D, starting at 0, non-decreasing, ending at
 // num_ids. Returned as int64.
 std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids);

@@ -103,3 +103,38 @@ EMBTAB_INLINE std::int64_t bag_chunk_begin(const std::int64_t* offsets, std::int
   }
   return lo;
 }
+
+// One native SIMD register through GCC's vector extensions (zmm under avx512, ymm under avx2, xmm
+// on the baseline). Used to keep a whole row's accumulator in registers.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+// Accumulators kept in registers at most (16 architectural registers on avx2 / baseline x86-64,
+// some needed for temporaries).
+constexpr int kMaxAccumulators = 8;
+typedef float vec_f32 __attribute__((vector_size(kVecBytes)));
+typedef double vec_f64 __attribute__((vector_size(kVecBytes)));
+template <class T> struct VecOf;
+template <> struct VecOf<float> { typedef vec_f32 type; };
+template <> struct VecOf<double> { typedef vec_f64 type; };
+
+template <class T>
+EMBTAB_INLINE typename VecOf<T>::type vload(const T* p) {
+  typename VecOf<T>::type v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <class T>
+EMBTAB_INLINE void vstore(T* p, typename VecOf<T>::type v) {
+  __builtin_memcpy(p, &v, sizeof(v));
+}
+template <class T>
+EMBTAB_INLINE typename VecOf<T>::type vsplat(T x) {
+  typename VecOf<T>::type v;
+  for (unsigned k = 0; k < sizeof(v) / sizeof(T); ++k) v[k] = x;
+  return v;
+}

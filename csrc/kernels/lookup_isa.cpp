@@ -2,6 +2,11 @@
 #include <cstddef>
 #include <cstdint>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define EMBTAB_HAVE_STREAM_STORES 1
+#endif
+
 #include "kernels/lookup.hpp"
 #include "kernels/parallel.hpp"
 
@@ -28,7 +33,27 @@ EMBTAB_INLINE void prefetch_id(const I* ids, int64_t pos, int64_t end, const T* 
   }
 }
 
-template <int D, class T, class I>
+// Copies one row with non-temporal stores (dst 64-byte aligned, bytes a multiple of 64): a large
+// output then streams to memory instead of first being read into cache and evicting the table.
+EMBTAB_INLINE void stream_copy(void* EMBTAB_RESTRICT dst, const void* EMBTAB_RESTRICT src, int64_t bytes) {
+#if defined(EMBTAB_HAVE_STREAM_STORES) && defined(__AVX512F__)
+  for (int64_t off = 0; off < bytes; off += 64)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(static_cast<char*>(dst) + off),
+                        _mm512_loadu_si512(static_cast<const char*>(src) + off));
+#elif defined(EMBTAB_HAVE_STREAM_STORES) && defined(__AVX2__)
+  for (int64_t off = 0; off < bytes; off += 32)
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(static_cast<char*>(dst) + off),
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const char*>(src) + off)));
+#elif defined(EMBTAB_HAVE_STREAM_STORES)
+  for (int64_t off = 0; off < bytes; off += 16)
+    _mm_stream_si128(reinterpret_cast<__m128i*>(static_cast<char*>(dst) + off),
+                     _mm_loadu_si128(reinterpret_cast<const __m128i*>(static_cast<const char*>(src) + off)));
+#else
+  __builtin_memcpy(dst, src, static_cast<std::size_t>(bytes));
+#endif
+}
+
+template <int D, bool Stream, class T, class I>
 void gather_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim, const I* EMBTAB_RESTRICT ids,
                   int64_t begin, int64_t end, T* EMBTAB_RESTRICT out, int64_t* first_bad) {
   const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
@@ -37,11 +62,20 @@ void gather_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim,
     const I id = ids[i];
     if (!id_in_range(id, num_rows)) {
       atomic_min(first_bad, i);
-      return;
+      break;
     }
-    row_copy<D>(out + i * dim, table + static_cast<int64_t>(id) * dim, dim);
+    if (Stream)
+      stream_copy(out + i * dim, table + static_cast<int64_t>(id) * dim, dim * int64_t(sizeof(T)));
+    else
+      row_copy<D>(out + i * dim, table + static_cast<int64_t>(id) * dim, dim);
   }
+#if defined(EMBTAB_HAVE_STREAM_STORES)
+  if (Stream) _mm_sfence();
+#endif
 }
+
+// Outputs at least this large are written with non-temporal stores.
+constexpr int64_t kStreamOutputBytes = int64_t(8) << 20;
 
 template <class T, class I>
 int64_t gather(const T* table, int64_t num_rows, int64_t dim, const I* ids, int64_t n, T* out) {
@@ -53,9 +87,15 @@ int64_t gather(const T* table, int64_t num_rows, int64_t dim, const I* ids, int6
       if (!id_in_range(ids[i], num_rows)) return i;
     return -1;
   }
+  const int64_t row_bytes = dim * int64_t(sizeof(T));
+  const bool stream = n * row_bytes >= kStreamOutputBytes && row_bytes % 64 == 0 &&
+                      reinterpret_cast<std::uintptr_t>(out) % 64 == 0;
   const std::size_t grain = static_cast<std::size_t>(max_of<int64_t>(1, 32768 / dim));
   parallel_for(static_cast<std::size_t>(n), grain, [&](std::size_t b, std::size_t e) {
-    EMBTAB_DISPATCH_DIM(dim, gather_range<D>(table, num_rows, dim, ids, int64_t(b), int64_t(e), out, &first_bad));
+    if (stream)
+      gather_range<0, true>(table, num_rows, dim, ids, int64_t(b), int64_t(e), out, &first_bad);
+    else
+      EMBTAB_DISPATCH_DIM(dim, gather_range<D, false>(table, num_rows, dim, ids, int64_t(b), int64_t(e), out, &first_bad));
   });
   return first_bad;
 }
@@ -82,12 +122,56 @@ EMBTAB_INLINE void row_max_arg(T* EMBTAB_RESTRICT dst, int64_t* EMBTAB_RESTRICT 
   }
 }
 
+// One bag with the whole row accumulator in vector registers (D a multiple of the lane count). Same operations in the same order as the generic loop below, so the same results.
+template <int D, PoolMode M, bool Weighted, class T, class I>
+EMBTAB_INLINE bool bag_in_registers(const T* EMBTAB_RESTRICT table, int64_t num_rows, const I* EMBTAB_RESTRICT ids,
+                                    int64_t s, int64_t e, int64_t ids_end, int64_t ahead,
+                                    const T* EMBTAB_RESTRICT weights, T* EMBTAB_RESTRICT o, int64_t* first_bad) {
+  typedef typename VecOf<T>::type V;
+  constexpr int L = int(sizeof(V) / sizeof(T));
+  constexpr int NV = D / L;
+  V acc[NV];
+  for (int64_t i = s; i < e; ++i) {
+    prefetch_id(ids, i + ahead, ids_end, table, num_rows, int64_t(D));
+    const I id = ids[i];
+    if (!id_in_range(id, num_rows)) {
+      atomic_min(first_bad, i);
+      return false;
+    }
+    const T* EMBTAB_RESTRICT row = table + static_cast<int64_t>(id) * D;
+    if (i == s) {  // the first row initialises the accumulator
+      const V w = Weighted ? vsplat(weights[i]) : vsplat(T(1));
+      for (int k = 0; k < NV; ++k) acc[k] = Weighted ? w * vload(row + k * L) : vload(row + k * L);
+      continue;
+    }
+    if (M == PoolMode::max) {
+      for (int k = 0; k < NV; ++k) {
+        const V v = vload(row + k * L);
+        acc[k] = ((v > acc[k]) | (v != v)) ? v : acc[k];
+      }
+    } else if (Weighted) {
+      const V w = vsplat(weights[i]);
+      for (int k = 0; k < NV; ++k) acc[k] += w * vload(row + k * L);
+    } else {
+      for (int k = 0; k < NV; ++k) acc[k] += vload(row + k * L);
+    }
+  }
+  if (M == PoolMode::mean) {
+    const V n = vsplat(static_cast<T>(e - s));
+    for (int k = 0; k < NV; ++k) acc[k] = acc[k] / n;
+  }
+  for (int k = 0; k < NV; ++k) vstore(o + k * L, acc[k]);
+  return true;
+}
+
 template <int D, PoolMode M, bool Weighted, bool Arg, class T, class I>
 void bags_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim, const I* EMBTAB_RESTRICT ids,
                 const int64_t* offsets, int64_t bag_begin, int64_t bag_end, const T* EMBTAB_RESTRICT weights,
                 T* EMBTAB_RESTRICT out, int64_t* EMBTAB_RESTRICT argmax, int64_t* first_bad) {
   const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
   const int64_t ids_end = offsets[bag_end];
+  constexpr int kLanes = int(kVecBytes / sizeof(T));
+  constexpr bool kRegisters = D > 0 && D % kLanes == 0 && D / kLanes <= kMaxAccumulators && !Arg;
   for (int64_t b = bag_begin; b < bag_end; ++b) {
     const int64_t s = offsets[b], e = offsets[b + 1];
     T* EMBTAB_RESTRICT o = out + b * dim;
@@ -96,6 +180,10 @@ void bags_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim, c
       row_zero<D>(o, dim);
       if (Arg)
         for (int64_t j = 0; j < dim; ++j) am[j] = -1;
+      continue;
+    }
+    if constexpr (kRegisters) {
+      if (!bag_in_registers<D, M, Weighted>(table, num_rows, ids, s, e, ids_end, ahead, weights, o, first_bad)) return;
       continue;
     }
     for (int64_t i = s; i < e; ++i) {
