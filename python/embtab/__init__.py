@@ -9,7 +9,9 @@ from __future__ import annotations
 import os as _os
 
 from . import _core
+from ._checkpoint import CheckpointError, load, save
 from ._lookup import gather, gather_bags
+from ._similarity import most_similar
 from ._runtime import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
 
 __version__: str = _core.__version__
@@ -20,9 +22,13 @@ if _os.environ.get("EMBTAB_SIMD"):
 
 __all__ = [
     "__version__",
+    "CheckpointError",
     "available_simd_paths",
     "gather",
     "gather_bags",
+    "load",
+    "most_similar",
+    "save",
     "get_num_threads",
     "set_num_threads",
     "set_simd_path",
