@@ -239,3 +239,35 @@ def test_matches_torch_embedding_bag():
     expected = F.embedding_bag(torch.from_numpy(ids), torch.from_numpy(table), torch.from_numpy(offsets[:-1]),
                                mode="sum", per_sample_weights=torch.from_numpy(weights))
     np.testing.assert_allclose(embtab.gather_bags(table, ids, offsets, weights=weights), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_bounds_zero_reads_invalid_ids_as_zero_rows(each_path_and_threads):
+    rng = np.random.default_rng(8)
+    table = rng.standard_normal((50, 32)).astype(np.float32)
+    ids = rng.integers(-10, 60, 3000)
+    valid = (ids >= 0) & (ids < 50)
+    padded = np.vstack([table, np.zeros((1, 32), np.float32)])
+    mapped = np.where(valid, ids, 50)  # index of the zero row
+    result, num_invalid = embtab.gather(table, ids, bounds="zero")
+    assert num_invalid == int((~valid).sum()) > 0
+    np.testing.assert_array_equal(result, padded[mapped])
+    offsets = np.arange(0, 3001, 30)
+    for mode in ("sum", "mean", "max"):
+        pooled, count = embtab.gather_bags(table, ids, offsets, mode=mode, bounds="zero")
+        assert count == num_invalid
+        np.testing.assert_allclose(pooled, numpy_bags(padded, mapped, offsets, mode), rtol=1e-5, atol=1e-5)
+    pooled, argmax, count = embtab.gather_bags(table, ids, offsets, mode="max", return_argmax=True, bounds="zero")
+    assert count == num_invalid
+    # argmax names only valid rows (or -1 where a zero row won)
+    assert np.all((argmax == -1) | ((argmax >= 0) & (argmax < 50)))
+    won = argmax >= 0
+    np.testing.assert_array_equal(pooled[won], table[argmax[won], np.nonzero(won)[1]])
+
+
+def test_bounds_zero_with_valid_ids_counts_nothing():
+    table = np.ones((4, 2))
+    result, count = embtab.gather(table, np.array([0, 3]), bounds="zero")
+    assert count == 0
+    np.testing.assert_array_equal(result, table[[0, 3]])
+    with pytest.raises(ValueError, match="bounds"):
+        embtab.gather(table, np.array([0]), bounds="clip")

@@ -34,7 +34,12 @@ py::array prepare_output(const py::object& out, const py::dtype& dtype, const st
   return given;
 }
 
-py::array gather(const py::handle& table_obj, const py::handle& ids_obj, const py::object& out_obj) {
+bool parse_bounds(const std::string& bounds);
+
+// Returns the output, or (output, number of invalid ids) with bounds="zero".
+py::object gather(const py::handle& table_obj, const py::handle& ids_obj, const py::object& out_obj,
+                  const std::string& bounds) {
+  const bool zero_invalid = parse_bounds(bounds);
   const Table table = check_table(table_obj);
   const py::array ids_in = require_array(ids_obj, "ids");
   const IndexKind ids_kind = require_index(ids_in, "ids");
@@ -44,6 +49,7 @@ py::array gather(const py::handle& table_obj, const py::handle& ids_obj, const p
   shape.push_back(table.dim);
   py::array out = prepare_output(out_obj, table.array.dtype(), shape);
   const std::int64_t n = ids.size();
+  std::int64_t num_invalid = 0;
 
   const std::int64_t bad = visit_float(table.kind, [&](auto ttag) {
     using T = decltype(ttag);
@@ -52,12 +58,23 @@ py::array gather(const py::handle& table_obj, const py::handle& ids_obj, const p
       const T* table_ptr = cdata<T>(table.array);
       const I* ids_ptr = cdata<I>(ids);
       T* out_ptr = wdata<T>(out);
+      std::vector<T> zeros(zero_invalid ? static_cast<std::size_t>(table.dim) + 1 : 0, T(0));
+      const T* zero_row = zero_invalid ? zeros.data() : nullptr;
       py::gil_scoped_release release;  // only raw pointers from here on
-      return lookup_kernels().get<T, I>().gather(table_ptr, table.num_rows, table.dim, ids_ptr, n, out_ptr);
+      return lookup_kernels().get<T, I>().gather(table_ptr, table.num_rows, table.dim, ids_ptr, n, out_ptr, zero_row,
+                                                 &num_invalid);
     });
   });
   if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
-  return out;
+  if (zero_invalid) return py::make_tuple(out, num_invalid);
+  return std::move(out);
+}
+
+// bounds="raise" (false) or "zero" (true).
+bool parse_bounds(const std::string& bounds) {
+  if (bounds == "raise") return false;
+  if (bounds == "zero") return true;
+  throw py::value_error("bounds must be 'raise' or 'zero', got '" + bounds + "'");
 }
 
 PoolMode parse_mode(const std::string& mode) {
@@ -69,7 +86,8 @@ PoolMode parse_mode(const std::string& mode) {
 
 py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, const py::object& offsets_obj,
                        const std::string& mode_name, const py::object& weights_obj, const py::object& out_obj,
-                       bool return_argmax) {
+                       bool return_argmax, const std::string& bounds) {
+  const bool zero_invalid = parse_bounds(bounds);
   const Table table = check_table(table_obj);
   const PoolMode mode = parse_mode(mode_name);
   const py::array ids_in = require_array(ids_obj, "ids");
@@ -111,6 +129,7 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
   py::array_t<std::int64_t> argmax;
   if (return_argmax) argmax = py::array_t<std::int64_t>(std::vector<py::ssize_t>{num_bags, table.dim});
 
+  std::int64_t num_invalid = 0;
   const std::int64_t bad = visit_float(table.kind, [&](auto ttag) {
     using T = decltype(ttag);
     return visit_index(ids_kind, [&](auto itag) {
@@ -120,24 +139,31 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
       const T* weights_ptr = has_weights ? cdata<T>(weights) : nullptr;
       T* out_ptr = wdata<T>(out);
       std::int64_t* argmax_ptr = return_argmax ? argmax.mutable_data() : nullptr;
+      std::vector<T> zeros(zero_invalid ? static_cast<std::size_t>(table.dim) + 1 : 0, T(0));
+      const T* zero_row = zero_invalid ? zeros.data() : nullptr;
       py::gil_scoped_release release;  // only raw pointers from here on
       return lookup_kernels().get<T, I>().bags(table_ptr, table.num_rows, table.dim, ids_ptr, offsets.data(),
-                                               num_bags, weights_ptr, mode, out_ptr, argmax_ptr);
+                                               num_bags, weights_ptr, mode, out_ptr, argmax_ptr, zero_row,
+                                               &num_invalid);
     });
   });
   if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
-  if (return_argmax) return py::make_tuple(out, argmax);
-  return std::move(out);
+  py::list result;
+  result.append(out);
+  if (return_argmax) result.append(argmax);
+  if (zero_invalid) result.append(num_invalid);
+  if (result.size() == 1) return std::move(out);
+  return py::tuple(result);
 }
 
 }  // namespace
 
 void register_lookup(py::module_& m) {
   m.def("gather", &gather, py::arg("table"), py::arg("ids"), py::arg("out") = py::none(),
-        "Rows of table at ids; see embtab.gather.");
+        py::arg("bounds") = "raise", "Rows of table at ids; see embtab.gather.");
   m.def("gather_bags", &gather_bags, py::arg("table"), py::arg("ids"), py::arg("offsets") = py::none(),
         py::arg("mode") = "sum", py::arg("weights") = py::none(), py::arg("out") = py::none(),
-        py::arg("return_argmax") = false, "Pooled lookups; see embtab.gather_bags.");
+        py::arg("return_argmax") = false, py::arg("bounds") = "raise", "Pooled lookups; see embtab.gather_bags.");
 }
 
 }  // namespace bind

@@ -9,6 +9,7 @@
 
 #define EMBTAB_RESTRICT __restrict__
 #define EMBTAB_INLINE inline __attribute__((always_inline))
+#define EMBTAB_LIKELY(x) __builtin_expect(!!(x), 1)
 
 constexpr std::int64_t kCacheLine = 64;
 

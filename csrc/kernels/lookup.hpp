@@ -3,8 +3,10 @@
 // Contract shared by every kernel here:
 // - `table` is a C-contiguous num_rows x dim matrix; `ids` are flat; bag b spans
 //   ids[offsets[b] : offsets[b + 1]] (offsets validated by the caller: 0-based, non-decreasing).
-// - Ids are bounds-checked as they are read. A kernel returns -1 on success, else the smallest
-//   position whose id is negative or >= num_rows (the output is then unspecified).
+// - Ids are bounds-checked as they are read. With zero_row == nullptr (bounds="raise") a kernel
+//   returns -1 on success, else the smallest position whose id is negative or >= num_rows (the
+//   output is then unspecified). With zero_row pointing at `dim` zeros (bounds="zero") an invalid
+//   id reads as that row, *num_invalid counts them, and the kernel returns -1.
 // - Each output row is produced by one thread, adding its inputs in their original order, so the
 //   result is the same for every thread count.
 #pragma once
@@ -20,12 +22,12 @@ enum class PoolMode : int { sum = 0, mean = 1, max = 2 };
 template <class T, class I>
 struct LookupFns {
   std::int64_t (*gather)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids, std::int64_t n,
-                         T* out);
+                         T* out, const T* zero_row, std::int64_t* num_invalid);
   // weights: nullptr or one per id. argmax: nullptr, or (for max) num_bags x dim ids of the rows
-  // that won each output element (-1 for empty bags).
+  // that won each output element (-1 for empty bags and for zero rows read for invalid ids).
   std::int64_t (*bags)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids,
                        const std::int64_t* offsets, std::int64_t num_bags, const T* weights, PoolMode mode,
-                       T* out, std::int64_t* argmax);
+                       T* out, std::int64_t* argmax, const T* zero_row, std::int64_t* num_invalid);
 };
 
 struct LookupKernels {

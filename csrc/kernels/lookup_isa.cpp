@@ -24,14 +24,37 @@ EMBTAB_INLINE int64_t prefetch_distance(int64_t row_bytes) {
   return max_of<int64_t>(2, min_of<int64_t>(16, 8192 / max_of<int64_t>(row_bytes, 1)));
 }
 
-template <class I, class T>
-EMBTAB_INLINE void prefetch_id(const I* ids, int64_t pos, int64_t end, const T* table, int64_t num_rows,
-                               int64_t dim) {
-  if (pos < end) {
-    const I ahead = ids[pos];
-    if (id_in_range(ahead, num_rows)) prefetch_row(table + static_cast<int64_t>(ahead) * dim, dim * int64_t(sizeof(T)));
+// Where the rows of a lookup come from, and what an invalid id does: with `zero_row` set
+// (bounds="zero") it reads as that row of zeros and is counted; otherwise the smallest invalid
+// position is recorded and the kernel stops.
+template <class T>
+struct Rows {
+  const T* table;
+  int64_t num_rows, dim;
+  const T* zero_row;
+  int64_t* first_bad;
+  int64_t* num_invalid;
+
+  // The row of ids[pos] = id, or nullptr when the kernel must stop.
+  template <class I>
+  EMBTAB_INLINE const T* row(I id, int64_t pos) const {
+    if (EMBTAB_LIKELY(id_in_range(id, num_rows))) return table + static_cast<int64_t>(id) * dim;
+    if (zero_row) {
+      __atomic_fetch_add(num_invalid, 1, __ATOMIC_RELAXED);
+      return zero_row;
+    }
+    atomic_min(first_bad, pos);
+    return nullptr;
   }
-}
+
+  template <class I>
+  EMBTAB_INLINE void prefetch(const I* ids, int64_t pos, int64_t end) const {
+    if (pos < end) {
+      const I ahead = ids[pos];
+      if (id_in_range(ahead, num_rows)) prefetch_row(table + static_cast<int64_t>(ahead) * dim, dim * int64_t(sizeof(T)));
+    }
+  }
+};
 
 // Copies one row with non-temporal stores (dst 64-byte aligned, bytes a multiple of 64): a large
 // output then streams to memory instead of first being read into cache and evicting the table.
@@ -54,20 +77,18 @@ EMBTAB_INLINE void stream_copy(void* EMBTAB_RESTRICT dst, const void* EMBTAB_RES
 }
 
 template <int D, bool Stream, class T, class I>
-void gather_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim, const I* EMBTAB_RESTRICT ids,
-                  int64_t begin, int64_t end, T* EMBTAB_RESTRICT out, int64_t* first_bad) {
+void gather_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, int64_t begin, int64_t end,
+                  T* EMBTAB_RESTRICT out) {
+  const int64_t dim = rows.dim;
   const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
   for (int64_t i = begin; i < end; ++i) {
-    prefetch_id(ids, i + ahead, end, table, num_rows, dim);
-    const I id = ids[i];
-    if (!id_in_range(id, num_rows)) {
-      atomic_min(first_bad, i);
-      break;
-    }
+    rows.prefetch(ids, i + ahead, end);
+    const T* row = rows.row(ids[i], i);
+    if (!row) break;
     if (Stream)
-      stream_copy(out + i * dim, table + static_cast<int64_t>(id) * dim, dim * int64_t(sizeof(T)));
+      stream_copy(out + i * dim, row, dim * int64_t(sizeof(T)));
     else
-      row_copy<D>(out + i * dim, table + static_cast<int64_t>(id) * dim, dim);
+      row_copy<D>(out + i * dim, row, dim);
   }
 #if defined(EMBTAB_HAVE_STREAM_STORES)
   if (Stream) _mm_sfence();
@@ -78,14 +99,16 @@ void gather_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim,
 constexpr int64_t kStreamOutputBytes = int64_t(8) << 20;
 
 template <class T, class I>
-int64_t gather(const T* table, int64_t num_rows, int64_t dim, const I* ids, int64_t n, T* out) {
+int64_t gather(const T* table, int64_t num_rows, int64_t dim, const I* ids, int64_t n, T* out, const T* zero_row,
+               int64_t* num_invalid) {
   int64_t first_bad = -1;
+  const Rows<T> rows{table, num_rows, dim, zero_row, &first_bad, num_invalid};
   if (n <= 0) return -1;
   if (dim == 0) {
     // Nothing to copy, but ids are still checked.
     for (int64_t i = 0; i < n; ++i)
-      if (!id_in_range(ids[i], num_rows)) return i;
-    return -1;
+      if (!rows.row(ids[i], i)) break;
+    return first_bad;
   }
   const int64_t row_bytes = dim * int64_t(sizeof(T));
   const bool stream = n * row_bytes >= kStreamOutputBytes && row_bytes % 64 == 0 &&
@@ -93,9 +116,9 @@ int64_t gather(const T* table, int64_t num_rows, int64_t dim, const I* ids, int6
   const std::size_t grain = static_cast<std::size_t>(max_of<int64_t>(1, 32768 / dim));
   parallel_for(static_cast<std::size_t>(n), grain, [&](std::size_t b, std::size_t e) {
     if (stream)
-      gather_range<0, true>(table, num_rows, dim, ids, int64_t(b), int64_t(e), out, &first_bad);
+      gather_range<0, true>(rows, ids, int64_t(b), int64_t(e), out);
     else
-      EMBTAB_DISPATCH_DIM(dim, gather_range<D, false>(table, num_rows, dim, ids, int64_t(b), int64_t(e), out, &first_bad));
+      EMBTAB_DISPATCH_DIM(dim, gather_range<D, false>(rows, ids, int64_t(b), int64_t(e), out));
   });
   return first_bad;
 }
@@ -122,23 +145,20 @@ EMBTAB_INLINE void row_max_arg(T* EMBTAB_RESTRICT dst, int64_t* EMBTAB_RESTRICT 
   }
 }
 
-// One bag with the whole row accumulator in vector registers (D a multiple of the lane count). Same operations in the same order as the generic loop below, so the same results.
+// One bag with the whole row accumulator in vector registers (D a multiple of the lane count).
+// Same operations in the same order as the generic loop in bags_range, so the same results.
 template <int D, PoolMode M, bool Weighted, class T, class I>
-EMBTAB_INLINE bool bag_in_registers(const T* EMBTAB_RESTRICT table, int64_t num_rows, const I* EMBTAB_RESTRICT ids,
-                                    int64_t s, int64_t e, int64_t ids_end, int64_t ahead,
-                                    const T* EMBTAB_RESTRICT weights, T* EMBTAB_RESTRICT o, int64_t* first_bad) {
+EMBTAB_INLINE bool bag_in_registers(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, int64_t s, int64_t e,
+                                    int64_t ids_end, int64_t ahead, const T* EMBTAB_RESTRICT weights,
+                                    T* EMBTAB_RESTRICT o) {
   typedef typename VecOf<T>::type V;
   constexpr int L = int(sizeof(V) / sizeof(T));
   constexpr int NV = D / L;
   V acc[NV];
   for (int64_t i = s; i < e; ++i) {
-    prefetch_id(ids, i + ahead, ids_end, table, num_rows, int64_t(D));
-    const I id = ids[i];
-    if (!id_in_range(id, num_rows)) {
-      atomic_min(first_bad, i);
-      return false;
-    }
-    const T* EMBTAB_RESTRICT row = table + static_cast<int64_t>(id) * D;
+    rows.prefetch(ids, i + ahead, ids_end);
+    const T* EMBTAB_RESTRICT row = rows.row(ids[i], i);
+    if (!row) return false;
     if (i == s) {  // the first row initialises the accumulator
       const V w = Weighted ? vsplat(weights[i]) : vsplat(T(1));
       for (int k = 0; k < NV; ++k) acc[k] = Weighted ? w * vload(row + k * L) : vload(row + k * L);
@@ -165,9 +185,10 @@ EMBTAB_INLINE bool bag_in_registers(const T* EMBTAB_RESTRICT table, int64_t num_
 }
 
 template <int D, PoolMode M, bool Weighted, bool Arg, class T, class I>
-void bags_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim, const I* EMBTAB_RESTRICT ids,
-                const int64_t* offsets, int64_t bag_begin, int64_t bag_end, const T* EMBTAB_RESTRICT weights,
-                T* EMBTAB_RESTRICT out, int64_t* EMBTAB_RESTRICT argmax, int64_t* first_bad) {
+void bags_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, const int64_t* offsets, int64_t bag_begin,
+                int64_t bag_end, const T* EMBTAB_RESTRICT weights, T* EMBTAB_RESTRICT out,
+                int64_t* EMBTAB_RESTRICT argmax) {
+  const int64_t dim = rows.dim;
   const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
   const int64_t ids_end = offsets[bag_end];
   constexpr int kLanes = int(kVecBytes / sizeof(T));
@@ -183,24 +204,23 @@ void bags_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim, c
       continue;
     }
     if constexpr (kRegisters) {
-      if (!bag_in_registers<D, M, Weighted>(table, num_rows, ids, s, e, ids_end, ahead, weights, o, first_bad)) return;
+      if (!bag_in_registers<D, M, Weighted>(rows, ids, s, e, ids_end, ahead, weights, o)) return;
       continue;
     }
     for (int64_t i = s; i < e; ++i) {
-      prefetch_id(ids, i + ahead, ids_end, table, num_rows, dim);
+      rows.prefetch(ids, i + ahead, ids_end);
       const I id = ids[i];
-      if (!id_in_range(id, num_rows)) {
-        atomic_min(first_bad, i);
-        return;
-      }
-      const T* EMBTAB_RESTRICT row = table + static_cast<int64_t>(id) * dim;
+      const T* EMBTAB_RESTRICT row = rows.row(id, i);
+      if (!row) return;
+      // A zero row read for an invalid id wins nothing: its argmax entry is -1.
+      const int64_t winner = id_in_range(id, rows.num_rows) ? static_cast<int64_t>(id) : -1;
       if (M == PoolMode::max) {
         if (i == s) {
           row_copy<D>(o, row, dim);
           if (Arg)
-            for (int64_t j = 0; j < dim; ++j) am[j] = static_cast<int64_t>(id);
+            for (int64_t j = 0; j < dim; ++j) am[j] = winner;
         } else if (Arg) {
-          row_max_arg<D>(o, am, row, static_cast<int64_t>(id), dim);
+          row_max_arg<D>(o, am, row, winner, dim);
         } else {
           row_max<D>(o, row, dim);
         }
@@ -221,9 +241,9 @@ void bags_range(const T* EMBTAB_RESTRICT table, int64_t num_rows, int64_t dim, c
 }
 
 template <PoolMode M, bool Weighted, bool Arg, class T, class I>
-int64_t bags_mode(const T* table, int64_t num_rows, int64_t dim, const I* ids, const int64_t* offsets,
-                  int64_t num_bags, const T* weights, T* out, int64_t* argmax) {
-  int64_t first_bad = -1;
+int64_t bags_mode(const Rows<T>& rows, const I* ids, const int64_t* offsets, int64_t num_bags, const T* weights,
+                  T* out, int64_t* argmax) {
+  const int64_t dim = rows.dim;
   const int64_t total = offsets[num_bags];
   // Split bags between threads by (ids read + bags written), so that long bags balance.
   const int64_t work = (total + num_bags) * max_of<int64_t>(dim, 1);
@@ -232,28 +252,28 @@ int64_t bags_mode(const T* table, int64_t num_rows, int64_t dim, const I* ids, c
     for (std::size_t c = c0; c < c1; ++c) {
       const int64_t b0 = bag_chunk_begin(offsets, num_bags, int64_t(c), chunks);
       const int64_t b1 = bag_chunk_begin(offsets, num_bags, int64_t(c) + 1, chunks);
-      if (b0 < b1)
-        EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(table, num_rows, dim, ids, offsets, b0, b1,
-                                                                 weights, out, argmax, &first_bad));
+      if (b0 < b1) EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(rows, ids, offsets, b0, b1, weights, out, argmax));
     }
   });
-  return first_bad;
+  return *rows.first_bad;
 }
 
 template <class T, class I>
-int64_t bags(const T* table, int64_t num_rows, int64_t dim, const I* ids, const int64_t* offsets,
-             int64_t num_bags, const T* weights, PoolMode mode, T* out, int64_t* argmax) {
+int64_t bags(const T* table, int64_t num_rows, int64_t dim, const I* ids, const int64_t* offsets, int64_t num_bags,
+             const T* weights, PoolMode mode, T* out, int64_t* argmax, const T* zero_row, int64_t* num_invalid) {
+  int64_t first_bad = -1;
+  const Rows<T> rows{table, num_rows, dim, zero_row, &first_bad, num_invalid};
   if (num_bags <= 0) return -1;
   switch (mode) {
     case PoolMode::max:
-      return argmax ? bags_mode<PoolMode::max, false, true>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax)
-                    : bags_mode<PoolMode::max, false, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax);
+      return argmax ? bags_mode<PoolMode::max, false, true>(rows, ids, offsets, num_bags, weights, out, argmax)
+                    : bags_mode<PoolMode::max, false, false>(rows, ids, offsets, num_bags, weights, out, argmax);
     case PoolMode::mean:
-      return weights ? bags_mode<PoolMode::mean, true, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax)
-                     : bags_mode<PoolMode::mean, false, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax);
+      return weights ? bags_mode<PoolMode::mean, true, false>(rows, ids, offsets, num_bags, weights, out, argmax)
+                     : bags_mode<PoolMode::mean, false, false>(rows, ids, offsets, num_bags, weights, out, argmax);
     default:
-      return weights ? bags_mode<PoolMode::sum, true, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax)
-                     : bags_mode<PoolMode::sum, false, false>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax);
+      return weights ? bags_mode<PoolMode::sum, true, false>(rows, ids, offsets, num_bags, weights, out, argmax)
+                     : bags_mode<PoolMode::sum, false, false>(rows, ids, offsets, num_bags, weights, out, argmax);
   }
 }
 

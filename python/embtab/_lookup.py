@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Tuple, Union, overload
+from typing import Any, Literal, Optional
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -11,9 +11,16 @@ from . import _core
 from ._arrays import as_ids, as_values
 
 PoolMode = Literal["sum", "mean", "max"]
+BoundsMode = Literal["raise", "zero"]
 
 
-def gather(table: NDArray[np.floating], ids: ArrayLike, *, out: Optional[NDArray[np.floating]] = None) -> NDArray[np.floating]:
+def gather(
+    table: NDArray[np.floating],
+    ids: ArrayLike,
+    *,
+    out: Optional[NDArray[np.floating]] = None,
+    bounds: BoundsMode = "raise",
+) -> Any:
     """Rows of ``table`` at ``ids``: the same result as ``table[ids]``.
 
     Parameters
@@ -25,10 +32,15 @@ def gather(table: NDArray[np.floating], ids: ArrayLike, *, out: Optional[NDArray
     out : ndarray, optional
         Where to write the result: shape ``ids.shape + (dim,)``, the table's dtype, C-contiguous
         and writeable. It is never copied or cast.
+    bounds : {"raise", "zero"}
+        What an id that is negative or >= num_rows does: "raise" an IndexError (default), or
+        "zero": read as a row of zeros (as FBGEMM's bounds-check modes do for production traffic);
+        the function then returns ``(result, num_invalid)``.
 
     Returns
     -------
-    ndarray of shape ``ids.shape + (dim,)`` and the table's dtype.
+    ndarray of shape ``ids.shape + (dim,)`` and the table's dtype; with ``bounds="zero"`` the
+    tuple ``(ndarray, num_invalid)``.
 
     Raises
     ------
@@ -40,31 +52,9 @@ def gather(table: NDArray[np.floating], ids: ArrayLike, *, out: Optional[NDArray
     ValueError
         ``table`` is not 2-D, or ``out`` has the wrong shape, is not C-contiguous or is read-only.
     """
-    return _core.gather(table, as_ids(ids), out)
+    return _core.gather(table, as_ids(ids), out, bounds)
 
 
-@overload
-def gather_bags(
-    table: NDArray[np.floating],
-    ids: ArrayLike,
-    offsets: Optional[ArrayLike] = ...,
-    *,
-    mode: PoolMode = ...,
-    weights: Optional[ArrayLike] = ...,
-    out: Optional[NDArray[np.floating]] = ...,
-    return_argmax: Literal[False] = ...,
-) -> NDArray[np.floating]: ...
-@overload
-def gather_bags(
-    table: NDArray[np.floating],
-    ids: ArrayLike,
-    offsets: Optional[ArrayLike] = ...,
-    *,
-    mode: PoolMode = ...,
-    weights: Optional[ArrayLike] = ...,
-    out: Optional[NDArray[np.floating]] = ...,
-    return_argmax: Literal[True],
-) -> Tuple[NDArray[np.floating], NDArray[np.int64]]: ...
 def gather_bags(
     table: NDArray[np.floating],
     ids: ArrayLike,
@@ -74,7 +64,8 @@ def gather_bags(
     weights: Optional[ArrayLike] = None,
     out: Optional[NDArray[np.floating]] = None,
     return_argmax: bool = False,
-) -> Union[NDArray[np.floating], Tuple[NDArray[np.floating], NDArray[np.int64]]]:
+    bounds: BoundsMode = "raise",
+) -> Any:
     """Pooled lookup ("embedding bag"): one output row per bag of ids.
 
     Bag ``b`` holds ``ids[offsets[b]:offsets[b + 1]]`` when ``ids`` is 1-D and ``offsets`` a CSR
@@ -97,6 +88,15 @@ def gather_bags(
     return_argmax : bool
         With ``mode="max"``, also return an int64 ``(num_bags, dim)`` array holding, for each output
         element, the id of the row that won (the first one on ties; -1 for empty bags).
+    bounds : {"raise", "zero"}
+        "raise" (default): an invalid id raises IndexError. "zero": it reads as a row of zeros
+        (it still counts in a mean's denominator and can win a max, with argmax -1), and the
+        number of invalid ids is returned as the last element of a tuple.
+
+    Returns
+    -------
+    ndarray of shape (num_bags, dim) and the table's dtype; ``(out, argmax)`` with
+    ``return_argmax=True``; ``num_invalid`` appended with ``bounds="zero"``.
 
     Raises
     ------
@@ -111,5 +111,5 @@ def gather_bags(
     if offsets is not None:
         offsets = as_ids(offsets)
     return _core.gather_bags(
-        table, as_ids(ids), offsets, mode, as_values(weights, table), out, return_argmax
+        table, as_ids(ids), offsets, mode, as_values(weights, table), out, return_argmax, bounds
     )
