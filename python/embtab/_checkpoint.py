@@ -75,6 +75,11 @@ def _write_array(directory: str, filename: str, array: np.ndarray) -> Dict[str, 
     return {"file": filename, "shape": list(array.shape), "dtype": array.dtype.str, "sha256": _sha256_file(path)}
 
 
+def _save_order(value: Any) -> int:
+    """Arrays first, then layers, then optimizers (which refer to their layers' tables)."""
+    return 0 if isinstance(value, np.ndarray) else int(getattr(value, "_checkpoint_order", 1))
+
+
 def _snapshot_dirs(path: str) -> list:
     return [n for n in os.listdir(path) if n.startswith("snap-") or n.startswith(".tmp-")]
 
@@ -106,15 +111,26 @@ def save(path: "os.PathLike[str] | str", **named: Any) -> None:
     os.mkdir(tmp)
     try:
         entries: Dict[str, Any] = {}
-        for name, value in named.items():
+        # An array shared by several values (an optimizer's table is its layer's weight) is written
+        # once; later uses refer to it, and load() shares it again.
+        written: Dict[int, str] = {}
+        for name, value in sorted(named.items(), key=lambda item: _save_order(item[1])):
             if not name.isidentifier():
                 raise ValueError(f"names must be identifiers, got {name!r}")
             if isinstance(value, np.ndarray):
                 entries[name] = {"kind": "array", **_write_array(tmp, f"{name}.npy", value)}
+                written[id(value)] = name
             elif type(value).__name__ in _REGISTRY and hasattr(value, "_checkpoint_state"):
                 config, arrays = value._checkpoint_state()
-                files = {key: _write_array(tmp, f"{name}.{key}.npy", np.asarray(arr)) for key, arr in arrays.items()}
-                entries[name] = {"kind": "object", "class": type(value).__name__, "config": config, "arrays": files}
+                files: Dict[str, Any] = {}
+                for key, arr in arrays.items():
+                    if id(arr) in written:
+                        files[key] = {"ref": written[id(arr)]}
+                    else:
+                        files[key] = _write_array(tmp, f"{name}.{key}.npy", np.asarray(arr))
+                        written[id(arr)] = f"{name}.{key}"
+                entries[name] = {"kind": "object", "class": type(value).__name__, "config": config, "arrays": files,
+                                 "order": _save_order(value)}
             else:
                 raise TypeError(f"cannot save {name}: expected a numpy array or an embtab layer or optimizer, "
                                 f"got {type(value).__name__}")
@@ -209,15 +225,29 @@ def load(path: "os.PathLike[str] | str", *, mmap: bool = False, verify: bool = T
         raise CheckpointError(f"unknown checkpoint format {manifest.get('format')!r} "
                               f"version {manifest.get('version')!r}")
     result: Dict[str, Any] = {}
-    for name, entry in manifest["entries"].items():
+    loaded: Dict[str, np.ndarray] = {}  # "name" or "name.key" -> array, for shared arrays
+    entries = manifest["entries"]
+    order = sorted(entries, key=lambda n: 0 if entries[n]["kind"] == "array" else 1 + int(entries[n].get("order", 1)))
+    for name in order:
+        entry = entries[name]
         if entry["kind"] == "array":
-            result[name] = _read_array(directory, entry, mmap, verify)
+            result[name] = loaded[name] = _read_array(directory, entry, mmap, verify)
         elif entry["kind"] == "object":
             cls = _REGISTRY.get(entry["class"])
             if cls is None:
                 raise CheckpointError(f"{name}: unknown class {entry['class']!r}")
-            arrays = {key: _read_array(directory, info, mmap, verify) for key, info in entry["arrays"].items()}
-            result[name] = cls._from_checkpoint(entry["config"], arrays)
+            arrays = {}
+            for key, info in entry["arrays"].items():
+                if "ref" in info:
+                    if info["ref"] not in loaded:
+                        raise CheckpointError(f"{name}.{key} refers to a missing array {info['ref']!r}")
+                    arrays[key] = loaded[info["ref"]]
+                else:
+                    arrays[key] = loaded[f"{name}.{key}"] = _read_array(directory, info, mmap, verify)
+            result[name] = obj = cls._from_checkpoint(entry["config"], arrays)
+            # What the object holds (a layer's weight) is what later references must share.
+            for key, arr in getattr(obj, "_checkpoint_state", lambda: ({}, {}))()[1].items():
+                loaded[f"{name}.{key}"] = arr
         else:
             raise CheckpointError(f"{name}: unknown entry kind {entry['kind']!r}")
-    return result
+    return {name: result[name] for name in entries}
