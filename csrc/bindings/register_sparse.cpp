@@ -346,21 +346,11 @@ Update<T> make_update(OptimTable& t, const Hyper& h) {
   return u;
 }
 
-// The update itself, GIL released. SGD with weight decay reaches every row (as torch.optim.SGD
-// does): the gradient is coalesced first, then one dense pass updates the table.
+// The update itself, GIL released.
 template <class T>
 void apply_update(OptimTable& t, const SparsePlan& plan, const GradSource<T>& source, const Hyper& h) {
-  Update<T> update = make_update<T>(t, h);
+  const Update<T> update = make_update<T>(t, h);
   const SparseFns<T>& fns = sparse_kernels().get<T>();
-  if (update.kind == UpdateKind::sgd && h.weight_decay != 0.0) {
-    std::unique_ptr<T[]> sums(new T[static_cast<std::size_t>(plan.num_unique * t.dim) + 1]);
-    Update<T> store;
-    store.out = sums.get();
-    py::gil_scoped_release release;
-    fns.reduce(plan, source, store);
-    fns.sgd_decay_all(update.table, t.num_rows, t.dim, plan.rows, sums.get(), plan.num_unique, h.lr, h.weight_decay);
-    return;
-  }
   py::gil_scoped_release release;
   fns.reduce(plan, source, update);
 }

@@ -99,10 +99,6 @@ struct ScatterFns {
 template <class T>
 struct SparseFns {
   void (*reduce)(const SparsePlan& plan, const GradSource<T>& source, const Update<T>& update);
-  // Dense SGD with weight decay (torch.optim.SGD's semantics: the decay reaches every row):
-  // p += (-lr) * (weight_decay * p + g_r), with g_r = grads[k] for r = rows[k] and 0 elsewhere.
-  void (*sgd_decay_all)(T* table, std::int64_t num_rows, std::int64_t dim, const std::int64_t* rows,
-                        const T* grads, std::int64_t num_unique, double lr, double weight_decay);
 };
 
 // bag_of[p] = b for offsets[b] <= p < offsets[b + 1].

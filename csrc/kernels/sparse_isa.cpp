@@ -539,45 +539,6 @@ void reduce(const SparsePlan& plan, const GradSource<T>& s, const Update<T>& u) 
   }
 }
 
-template <int D, class T>
-void sgd_decay_range(T* table, int64_t dim, const int64_t* rows, const T* grads, int64_t num_unique, int64_t r0,
-                     int64_t r1, T neg_lr, T decay) {
-  const int64_t n = D > 0 ? D : dim;
-  // First touched row >= r0 (rows are sorted).
-  int64_t lo = 0, hi = num_unique;
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (rows[mid] < r0)
-      lo = mid + 1;
-    else
-      hi = mid;
-  }
-  int64_t k = lo;
-  for (int64_t r = r0; r < r1; ++r) {
-    T* EMBTAB_RESTRICT p = table + r * dim;
-    if (k < num_unique && rows[k] == r) {
-      const T* EMBTAB_RESTRICT g = grads + k * dim;
-      for (int64_t j = 0; j < n; ++j) p[j] = p[j] + neg_lr * (decay * p[j] + g[j]);
-      ++k;
-    } else {
-      for (int64_t j = 0; j < n; ++j) p[j] = p[j] + neg_lr * (decay * p[j]);
-    }
-  }
-}
-
-template <class T>
-void sgd_decay_all(T* table, int64_t num_rows, int64_t dim, const int64_t* rows, const T* grads, int64_t num_unique,
-                   double lr, double weight_decay) {
-  if (num_rows <= 0 || dim <= 0) return;
-  const int64_t chunks = num_chunks(num_rows * dim, 65536);
-  const T neg_lr = static_cast<T>(-lr), decay = static_cast<T>(weight_decay);
-  for_chunks(chunks, [&](int64_t c) {
-    int64_t r0, r1;
-    split(num_rows, c, chunks, r0, r1);
-    EMBTAB_DISPATCH_DIM(dim, sgd_decay_range<D>(table, dim, rows, grads, num_unique, r0, r1, neg_lr, decay));
-  });
-}
-
 void bag_of(const int64_t* offsets, int64_t num_bags, int64_t* out) {
   if (num_bags <= 0) return;
   const int64_t chunks = num_chunks(offsets[num_bags] + num_bags, 65536);
@@ -679,7 +640,7 @@ constexpr ScatterFns<T, I> scatter_fns() {
 }
 template <class T>
 constexpr SparseFns<T> value_fns() {
-  return SparseFns<T>{&reduce<T>, &sgd_decay_all<T>};
+  return SparseFns<T>{&reduce<T>};
 }
 
 const SparseKernels kTable{index_fns<std::int32_t>(),

@@ -14,10 +14,10 @@ The numerics follow the torch optimizer each class names (same operations in the
 the table's dtype), so one step or many agree with torch to float rounding. Every id is checked
 before anything is written: a bad id raises IndexError and leaves the table and state unchanged.
 
-Weight decay: :class:`SGD` has torch.optim.SGD's ``weight_decay`` (it densifies the gradient, so
-every row of the table decays on every step, as in torch); :class:`RowWiseAdagrad` has FBGEMM's L2
-mode (applied to the rows of the batch). ``torch.optim.Adagrad`` refuses weight decay with sparse
-gradients and ``SparseAdam`` has none, so :class:`Adagrad` and :class:`Adam` have none either.
+Weight decay: none of the torch counterparts supports it with a sparse gradient (``torch.optim.SGD``
+and ``Adagrad`` raise, ``SparseAdam`` has no such option), so :class:`SGD`, :class:`Adagrad` and
+:class:`Adam` have none either. :class:`RowWiseAdagrad` has FBGEMM's L2 mode (``weight_decay * row``
+added to the gradient of each row in the batch).
 """
 
 from __future__ import annotations
@@ -165,8 +165,8 @@ class _SparseOptimizer:
 class SGD(_SparseOptimizer):
     """Plain SGD on sparse gradients: ``row += (-lr) * g`` for each row of the batch.
 
-    Matches ``torch.optim.SGD`` applied to a sparse gradient (no momentum: torch's momentum
-    buffer would be dense).
+    Matches ``torch.optim.SGD`` applied to a sparse gradient (without momentum or weight decay,
+    which torch does not support for sparse gradients either).
 
     Parameters
     ----------
@@ -174,19 +174,9 @@ class SGD(_SparseOptimizer):
         Updated in place; must be C-contiguous and writeable.
     lr : float
         Learning rate, >= 0.
-    weight_decay : float, default 0
-        L2 penalty with torch.optim.SGD's semantics: ``g + weight_decay * row`` for *every* row
-        of the table (torch turns the sparse gradient dense), so a step then costs O(num_rows).
     """
 
     _kind = "sgd"
-
-    def __init__(self, table: NDArray[np.floating], lr: float, weight_decay: float = 0.0) -> None:
-        super().__init__(table, lr)
-        self.weight_decay = _hyper("weight_decay", weight_decay)
-
-    def _params(self, step: int) -> Dict[str, float]:
-        return {"lr": _hyper("lr", self.lr), "weight_decay": _hyper("weight_decay", self.weight_decay)}
 
 
 class Adagrad(_SparseOptimizer):
