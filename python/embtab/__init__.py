@@ -1,18 +1,19 @@
 """embtab: fast, exact embedding tables for Python.
 
 C++ kernels (multithreaded, with the SIMD path chosen at run time) behind a small numpy API:
-row lookups and pooled bag lookups.
+row lookups and pooled bag lookups, sparse gradients and fused sparse optimizers (embtab.optim).
 """
 
 from __future__ import annotations
 
 import os as _os
 
-from . import _core
+from . import _core, optim
 from ._checkpoint import CheckpointError, load, save
 from ._lookup import gather, gather_bags
-from ._similarity import most_similar
 from ._runtime import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
+from ._similarity import most_similar
+from ._sparse import coalesce, gather_bags_grad, scatter_add
 
 __version__: str = _core.__version__
 
@@ -21,15 +22,19 @@ if _os.environ.get("EMBTAB_SIMD"):
     set_simd_path(_os.environ["EMBTAB_SIMD"])
 
 __all__ = [
-    "__version__",
     "CheckpointError",
+    "__version__",
     "available_simd_paths",
+    "coalesce",
     "gather",
     "gather_bags",
+    "gather_bags_grad",
+    "get_num_threads",
     "load",
     "most_similar",
+    "optim",
     "save",
-    "get_num_threads",
+    "scatter_add",
     "set_num_threads",
     "set_simd_path",
     "simd_path",

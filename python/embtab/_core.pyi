@@ -1,4 +1,4 @@
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,3 +23,44 @@ def gather_bags(
     return_argmax: bool = ...,
     bounds: str = ...,
 ) -> Any: ...
+def scatter_add(target: NDArray[Any], ids: Any, values: Any) -> None: ...
+def coalesce(ids: Any, values: Any) -> Tuple[NDArray[Any], NDArray[Any]]: ...
+def bags_grad(
+    grad_out: Any,
+    ids: Any,
+    offsets: Any = ...,
+    mode: str = ...,
+    weights: Any = ...,
+    argmax: Any = ...,
+    num_rows: int = ...,
+) -> Tuple[NDArray[Any], NDArray[Any]]: ...
+def optim_step(
+    kind: str,
+    table: NDArray[Any],
+    state1: Optional[NDArray[Any]],
+    state2: Optional[NDArray[Any]],
+    ids: Any,
+    grads: Any,
+    lr: float,
+    eps: float = ...,
+    beta1: float = ...,
+    beta2: float = ...,
+    weight_decay: float = ...,
+) -> None: ...
+def optim_step_bags(
+    kind: str,
+    table: NDArray[Any],
+    state1: Optional[NDArray[Any]],
+    state2: Optional[NDArray[Any]],
+    grad_out: Any,
+    ids: Any,
+    offsets: Any = ...,
+    mode: str = ...,
+    weights: Any = ...,
+    argmax: Any = ...,
+    lr: float = ...,
+    eps: float = ...,
+    beta1: float = ...,
+    beta2: float = ...,
+    weight_decay: float = ...,
+) -> None: ...

@@ -1,0 +1,426 @@
+// scatter_add / coalesce / bag gradients / sparse optimizer steps: validation, GIL release and
+// dispatch to the sparse kernels.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bindings/register.hpp"
+#include "bindings/validate.hpp"
+#include "kernels/lookup.hpp"
+#include "kernels/sparse.hpp"
+
+namespace embtab {
+namespace bind {
+namespace {
+
+using Shape = std::vector<py::ssize_t>;
+
+Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
+
+struct Ids {
+  py::array array;  // C-contiguous
+  IndexKind kind;
+  std::int64_t n;
+};
+
+Ids check_ids(const py::handle& obj) {
+  const py::array ids = require_array(obj, "ids");
+  const IndexKind kind = require_index(ids, "ids");
+  const py::array flat = c_contiguous(ids);
+  return Ids{flat, kind, static_cast<std::int64_t>(flat.size())};
+}
+
+// values (or grads) must have shape ids.shape + (dim,); returns dim.
+std::int64_t check_values_shape(const py::array& values, const Ids& ids, const char* name, std::int64_t dim = -1) {
+  Shape expected = shape_of(ids.array);
+  const Shape actual = shape_of(values);
+  const bool rank_ok = actual.size() == expected.size() + 1;
+  if (rank_ok && dim < 0) dim = actual.back();
+  expected.push_back(dim < 0 ? 0 : dim);
+  if (!rank_ok || actual != expected) {
+    std::string want = "ids.shape + (dim,)";
+    if (dim >= 0) want += " = " + shape_str(expected);
+    throw py::value_error(std::string(name) + " must have shape " + want + " for ids of shape " +
+                          shape_str(ids.array) + ", got " + shape_str(values));
+  }
+  return dim;
+}
+
+// An array updated in place: dtype (TypeError), ndim, C-contiguous and writeable (ValueError).
+void require_in_place(const py::array& a, const py::dtype& dtype, const char* name, const std::string& dtype_reason) {
+  if (!a.dtype().equal(dtype))
+    throw py::type_error(std::string(name) + " must have dtype " + py::str(dtype).cast<std::string>() + " (" +
+                         dtype_reason + "), got " + dtype_str(a) + "; it is updated in place and never cast");
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + " must be C-contiguous (it is updated in place, never copied)");
+  if (!a.writeable()) throw py::value_error(std::string(name) + " is read-only (it is updated in place)");
+}
+
+// Owns the buffers of a SparsePlan.
+struct PlanStorage {
+  std::unique_ptr<unsigned char[]> work;
+  std::unique_ptr<std::int64_t[]> order, seg, rows;
+  SparsePlan plan;
+};
+
+// Sorts and validates ids against num_rows (< 0: no upper bound) with the GIL released.
+void build_plan(const Ids& ids, std::int64_t num_rows, PlanStorage& st) {
+  const std::size_t n = static_cast<std::size_t>(ids.n);
+  st.work.reset(new unsigned char[static_cast<std::size_t>(kPlanWorkBytesPerId) * n + 8]);
+  st.order.reset(new std::int64_t[n + 1]);
+  st.seg.reset(new std::int64_t[n + 1]);
+  st.rows.reset(new std::int64_t[n + 1]);
+  const PlanBuffers buffers{st.work.get(), st.order.get(), st.seg.get(), st.rows.get()};
+  const std::int64_t bad = visit_index(ids.kind, [&](auto itag) {
+    using I = decltype(itag);
+    const I* ids_ptr = cdata<I>(ids.array);
+    py::gil_scoped_release release;
+    return sparse_kernels().index<I>().plan(ids_ptr, ids.n, num_rows, buffers, st.plan);
+  });
+  if (bad < 0) return;
+  if (num_rows >= 0) throw_bad_id(ids.array, bad, num_rows);
+  std::int64_t value = 0;
+  visit_index(ids.kind, [&](auto itag) {
+    using I = decltype(itag);
+    value = static_cast<std::int64_t>(cdata<I>(ids.array)[bad]);
+  });
+  throw py::index_error(position_str("ids", shape_of(ids.array), bad) + " = " + std::to_string(value) +
+                        " is negative (ids are row numbers, >= 0)");
+}
+
+py::array_t<std::int64_t> rows_array(const SparsePlan& plan) {
+  py::array_t<std::int64_t> rows(static_cast<py::ssize_t>(plan.num_unique));
+  std::int64_t* out = rows.mutable_data();
+  for (std::int64_t k = 0; k < plan.num_unique; ++k) out[k] = plan.rows[k];
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void scatter_add(const py::handle& target_obj, const py::handle& ids_obj, const py::handle& values_obj) {
+  py::array target = require_array(target_obj, "target");
+  const py::array values_in = require_array(values_obj, "values");
+  const FloatKind kind = require_float(values_in, "values");
+  if (!target.dtype().equal(values_in.dtype()))
+    throw py::type_error("target must have the dtype of values (" + dtype_str(values_in) + "), got " +
+                         dtype_str(target) + "; it is updated in place and never cast");
+  require_ndim(target, 2, "target");
+  const Ids ids = check_ids(ids_obj);
+  const std::int64_t num_rows = target.shape(0), dim = target.shape(1);
+  check_values_shape(values_in, ids, "values", dim);
+  require_in_place(target, values_in.dtype(), "target", "the dtype of values");
+  const py::array values = c_contiguous(values_in);
+
+  const std::int64_t bad = visit_float(kind, [&](auto ttag) {
+    using T = decltype(ttag);
+    return visit_index(ids.kind, [&](auto itag) {
+      using I = decltype(itag);
+      T* target_ptr = wdata<T>(target);
+      const I* ids_ptr = cdata<I>(ids.array);
+      const T* values_ptr = cdata<T>(values);
+      py::gil_scoped_release release;  // only raw pointers from here on
+      return sparse_kernels().scatter<T, I>().scatter_add(target_ptr, num_rows, dim, ids_ptr, ids.n, values_ptr);
+    });
+  });
+  if (bad >= 0) throw_bad_id(ids.array, bad, num_rows);
+}
+
+py::tuple coalesce(const py::handle& ids_obj, const py::handle& values_obj) {
+  const py::array values_in = require_array(values_obj, "values");
+  const FloatKind kind = require_float(values_in, "values");
+  const Ids ids = check_ids(ids_obj);
+  const std::int64_t dim = check_values_shape(values_in, ids, "values");
+  const py::array values = c_contiguous(values_in);
+
+  PlanStorage st;
+  build_plan(ids, -1, st);
+  py::array_t<std::int64_t> rows = rows_array(st.plan);
+  py::array sums(values.dtype(), Shape{static_cast<py::ssize_t>(st.plan.num_unique), static_cast<py::ssize_t>(dim)});
+  visit_float(kind, [&](auto ttag) {
+    using T = decltype(ttag);
+    GradSource<T> source;
+    source.kind = SourceKind::values;
+    source.dim = dim;
+    source.values = cdata<T>(values);
+    Update<T> update;
+    update.out = wdata<T>(sums);
+    py::gil_scoped_release release;
+    sparse_kernels().get<T>().reduce(st.plan, source, update);
+  });
+  return py::make_tuple(rows, sums);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bags
+
+PoolMode parse_mode(const std::string& mode) {
+  if (mode == "sum") return PoolMode::sum;
+  if (mode == "mean") return PoolMode::mean;
+  if (mode == "max") return PoolMode::max;
+  throw py::value_error("mode must be 'sum', 'mean' or 'max', got '" + mode + "'");
+}
+
+struct Bags {
+  Ids ids;
+  std::vector<std::int64_t> offsets;
+  std::int64_t num_bags;
+  PoolMode mode;
+  py::array grad_out;  // C-contiguous, num_bags x dim
+  FloatKind kind;
+  std::int64_t dim;
+  py::array weights;  // valid when has_weights
+  bool has_weights;
+  py::array argmax;  // valid when mode == max
+};
+
+Bags check_bags(const py::handle& grad_out_obj, const py::handle& ids_obj, const py::object& offsets_obj,
+                const std::string& mode_name, const py::object& weights_obj, const py::object& argmax_obj) {
+  const py::array grad_out = require_array(grad_out_obj, "grad_out");
+  const FloatKind kind = require_float(grad_out, "grad_out");
+  require_ndim(grad_out, 2, "grad_out");
+  const PoolMode mode = parse_mode(mode_name);
+  Ids ids = check_ids(ids_obj);
+
+  std::vector<std::int64_t> offsets;
+  if (ids.array.ndim() == 2) {
+    if (!offsets_obj.is_none())
+      throw py::value_error("offsets must be None when ids is 2-D (num_bags, bag_len); got offsets with 2-D ids " +
+                            shape_str(ids.array));
+    const std::int64_t num_bags = ids.array.shape(0), bag_len = ids.array.shape(1);
+    offsets.resize(static_cast<std::size_t>(num_bags) + 1);
+    for (std::int64_t b = 0; b <= num_bags; ++b) offsets[static_cast<std::size_t>(b)] = b * bag_len;
+  } else if (ids.array.ndim() == 1) {
+    if (offsets_obj.is_none())
+      throw py::value_error("offsets is required when ids is 1-D (CSR bags); pass 2-D ids for fixed-length bags");
+    offsets = check_offsets(offsets_obj, ids.n);
+  } else {
+    throw py::value_error("ids must be 1-D with offsets, or 2-D (num_bags, bag_len), got shape " +
+                          shape_str(ids.array));
+  }
+  const std::int64_t num_bags = static_cast<std::int64_t>(offsets.size()) - 1;
+  const std::int64_t dim = grad_out.shape(1);
+  if (grad_out.shape(0) != num_bags)
+    throw py::value_error("grad_out must have one row per bag: shape (num_bags, dim) = (" + std::to_string(num_bags) +
+                          ", dim), got " + shape_str(grad_out));
+
+  py::array weights;
+  const bool has_weights = !weights_obj.is_none();
+  if (has_weights) {
+    if (mode == PoolMode::max) throw py::value_error("weights are only supported with mode 'sum' or 'mean', not 'max'");
+    const py::array w = require_array(weights_obj, "weights");
+    if (!w.dtype().equal(grad_out.dtype()))
+      throw py::type_error("weights must have the dtype of grad_out " + dtype_str(grad_out) + ", got " + dtype_str(w));
+    if (shape_of(w) != shape_of(ids.array))
+      throw py::value_error("weights must have the shape of ids " + shape_str(ids.array) + ", got " + shape_str(w));
+    weights = c_contiguous(w);
+  }
+
+  py::array argmax;
+  if (mode == PoolMode::max) {
+    if (argmax_obj.is_none())
+      throw py::value_error("mode='max' needs argmax (from gather_bags(..., return_argmax=True)) or the table");
+    const py::array a = require_array(argmax_obj, "argmax");
+    if (!a.dtype().equal(py::dtype::of<std::int64_t>()))
+      throw py::type_error("argmax must have dtype int64 (as returned by gather_bags), got " + dtype_str(a));
+    const Shape want{static_cast<py::ssize_t>(num_bags), static_cast<py::ssize_t>(dim)};
+    if (shape_of(a) != want)
+      throw py::value_error("argmax must have the shape of grad_out " + shape_str(want) + ", got " + shape_str(a));
+    argmax = c_contiguous(a);
+  } else if (!argmax_obj.is_none()) {
+    throw py::value_error("argmax is only used with mode='max', got mode='" + mode_name + "'");
+  }
+  return Bags{std::move(ids), std::move(offsets), num_bags, mode, c_contiguous(grad_out), kind, dim,
+              weights, has_weights, argmax};
+}
+
+template <class T>
+GradSource<T> bag_source(const Bags& bags, const std::int64_t* bag_of) {
+  GradSource<T> source;
+  source.kind = bags.mode == PoolMode::max ? SourceKind::bags_max : SourceKind::bags;
+  source.dim = bags.dim;
+  source.grad_out = cdata<T>(bags.grad_out);
+  source.bag_of = bag_of;
+  source.offsets = bags.offsets.data();
+  source.weights = bags.has_weights ? cdata<T>(bags.weights) : nullptr;
+  source.mean = bags.mode == PoolMode::mean;
+  source.argmax = bags.mode == PoolMode::max ? cdata<std::int64_t>(bags.argmax) : nullptr;
+  return source;
+}
+
+std::unique_ptr<std::int64_t[]> make_bag_of(const Bags& bags) {
+  std::unique_ptr<std::int64_t[]> bag_of(new std::int64_t[static_cast<std::size_t>(bags.ids.n) + 1]);
+  std::int64_t* out = bag_of.get();
+  const std::int64_t* offsets = bags.offsets.data();
+  const std::int64_t num_bags = bags.num_bags;
+  py::gil_scoped_release release;
+  sparse_kernels().bag_of(offsets, num_bags, out);
+  return bag_of;
+}
+
+py::tuple bags_grad(const py::handle& grad_out_obj, const py::handle& ids_obj, const py::object& offsets_obj,
+                    const std::string& mode_name, const py::object& weights_obj, const py::object& argmax_obj,
+                    std::int64_t num_rows) {
+  const Bags bags = check_bags(grad_out_obj, ids_obj, offsets_obj, mode_name, weights_obj, argmax_obj);
+  PlanStorage st;
+  build_plan(bags.ids, num_rows, st);
+  const std::unique_ptr<std::int64_t[]> bag_of = make_bag_of(bags);
+  py::array_t<std::int64_t> rows = rows_array(st.plan);
+  py::array grads(bags.grad_out.dtype(),
+                  Shape{static_cast<py::ssize_t>(st.plan.num_unique), static_cast<py::ssize_t>(bags.dim)});
+  visit_float(bags.kind, [&](auto ttag) {
+    using T = decltype(ttag);
+    const GradSource<T> source = bag_source<T>(bags, bag_of.get());
+    Update<T> update;
+    update.out = wdata<T>(grads);
+    py::gil_scoped_release release;
+    sparse_kernels().get<T>().reduce(st.plan, source, update);
+  });
+  return py::make_tuple(rows, grads);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Optimizer steps
+
+UpdateKind parse_update(const std::string& kind) {
+  if (kind == "sgd") return UpdateKind::sgd;
+  if (kind == "adagrad") return UpdateKind::adagrad;
+  if (kind == "rowwise_adagrad") return UpdateKind::rowwise_adagrad;
+  if (kind == "adam") return UpdateKind::adam;
+  throw py::value_error("unknown optimizer kind '" + kind + "'");
+}
+
+struct Hyper {
+  double lr, eps, beta1, beta2, weight_decay;
+};
+
+struct OptimTable {
+  py::array table;
+  FloatKind kind;
+  std::int64_t num_rows, dim;
+  UpdateKind update;
+  py::array state1, state2;
+};
+
+OptimTable check_optim(const std::string& kind_name, const py::handle& table_obj, const py::object& state1_obj,
+                       const py::object& state2_obj) {
+  const UpdateKind update = parse_update(kind_name);
+  py::array table = require_array(table_obj, "table");
+  const FloatKind kind = require_float(table, "table");
+  require_ndim(table, 2, "table");
+  require_in_place(table, table.dtype(), "table", "float32 or float64");
+  const std::int64_t num_rows = table.shape(0), dim = table.shape(1);
+  auto state = [&](const py::object& obj, const char* name, const Shape& shape) {
+    py::array a = require_array(obj, name);
+    require_output(a, table.dtype(), shape, name);
+    return a;
+  };
+  const Shape full{static_cast<py::ssize_t>(num_rows), static_cast<py::ssize_t>(dim)};
+  OptimTable t{table, kind, num_rows, dim, update, py::array(), py::array()};
+  if (update == UpdateKind::adagrad) t.state1 = state(state1_obj, "state['sum']", full);
+  if (update == UpdateKind::rowwise_adagrad)
+    t.state1 = state(state1_obj, "state['sum']", Shape{static_cast<py::ssize_t>(num_rows)});
+  if (update == UpdateKind::adam) {
+    t.state1 = state(state1_obj, "state['exp_avg']", full);
+    t.state2 = state(state2_obj, "state['exp_avg_sq']", full);
+  }
+  return t;
+}
+
+template <class T>
+Update<T> make_update(OptimTable& t, const Hyper& h) {
+  Update<T> u;
+  u.kind = t.update;
+  u.table = wdata<T>(t.table);
+  if (t.update == UpdateKind::adagrad || t.update == UpdateKind::rowwise_adagrad || t.update == UpdateKind::adam)
+    u.state1 = wdata<T>(t.state1);
+  if (t.update == UpdateKind::adam) u.state2 = wdata<T>(t.state2);
+  u.lr = h.lr;
+  u.eps = h.eps;
+  u.beta1 = h.beta1;
+  u.beta2 = h.beta2;
+  u.weight_decay = h.weight_decay;
+  return u;
+}
+
+// The update itself, GIL released.
+template <class T>
+void apply_update(OptimTable& t, const SparsePlan& plan, const GradSource<T>& source, const Hyper& h) {
+  const Update<T> update = make_update<T>(t, h);
+  const SparseFns<T>& fns = sparse_kernels().get<T>();
+  py::gil_scoped_release release;
+  fns.reduce(plan, source, update);
+}
+
+void optim_step(const std::string& kind_name, const py::handle& table_obj, const py::object& state1_obj,
+                const py::object& state2_obj, const py::handle& ids_obj, const py::handle& grads_obj, double lr,
+                double eps, double beta1, double beta2, double weight_decay) {
+  OptimTable t = check_optim(kind_name, table_obj, state1_obj, state2_obj);
+  const py::array grads_in = require_array(grads_obj, "grads");
+  require_float(grads_in, "grads");
+  if (!grads_in.dtype().equal(t.table.dtype()))
+    throw py::type_error("grads must have the table's dtype " + dtype_str(t.table) + ", got " + dtype_str(grads_in));
+  const Ids ids = check_ids(ids_obj);
+  check_values_shape(grads_in, ids, "grads", t.dim);
+  const py::array grads = c_contiguous(grads_in);
+  PlanStorage st;
+  build_plan(ids, t.num_rows, st);  // every id is checked before the table is touched
+  const Hyper h{lr, eps, beta1, beta2, weight_decay};
+  visit_float(t.kind, [&](auto ttag) {
+    using T = decltype(ttag);
+    GradSource<T> source;
+    source.kind = SourceKind::values;
+    source.dim = t.dim;
+    source.values = cdata<T>(grads);
+    apply_update<T>(t, st.plan, source, h);
+  });
+}
+
+void optim_step_bags(const std::string& kind_name, const py::handle& table_obj, const py::object& state1_obj,
+                     const py::object& state2_obj, const py::handle& grad_out_obj, const py::handle& ids_obj,
+                     const py::object& offsets_obj, const std::string& mode_name, const py::object& weights_obj,
+                     const py::object& argmax_obj, double lr, double eps, double beta1, double beta2,
+                     double weight_decay) {
+  OptimTable t = check_optim(kind_name, table_obj, state1_obj, state2_obj);
+  const Bags bags = check_bags(grad_out_obj, ids_obj, offsets_obj, mode_name, weights_obj, argmax_obj);
+  if (!bags.grad_out.dtype().equal(t.table.dtype()))
+    throw py::type_error("grad_out must have the table's dtype " + dtype_str(t.table) + ", got " +
+                         dtype_str(bags.grad_out));
+  if (bags.dim != t.dim)
+    throw py::value_error("grad_out must have the table's row length: shape (" + std::to_string(bags.num_bags) + ", " +
+                          std::to_string(t.dim) + "), got " + shape_str(bags.grad_out));
+  PlanStorage st;
+  build_plan(bags.ids, t.num_rows, st);
+  const std::unique_ptr<std::int64_t[]> bag_of = make_bag_of(bags);
+  const Hyper h{lr, eps, beta1, beta2, weight_decay};
+  visit_float(t.kind, [&](auto ttag) {
+    using T = decltype(ttag);
+    apply_update<T>(t, st.plan, bag_source<T>(bags, bag_of.get()), h);
+  });
+}
+
+}  // namespace
+
+void register_sparse(py::module_& m) {
+  m.def("scatter_add", &scatter_add, py::arg("target"), py::arg("ids"), py::arg("values"),
+        "target[ids] += values, like np.add.at; see embtab.scatter_add.");
+  m.def("coalesce", &coalesce, py::arg("ids"), py::arg("values"),
+        "(sorted unique rows, summed values); see embtab.coalesce.");
+  m.def("bags_grad", &bags_grad, py::arg("grad_out"), py::arg("ids"), py::arg("offsets") = py::none(),
+        py::arg("mode") = "sum", py::arg("weights") = py::none(), py::arg("argmax") = py::none(),
+        py::arg("num_rows") = -1, "Coalesced gradient of gather_bags; see embtab.gather_bags_grad.");
+  m.def("optim_step", &optim_step, py::arg("kind"), py::arg("table"), py::arg("state1"), py::arg("state2"),
+        py::arg("ids"), py::arg("grads"), py::arg("lr"), py::arg("eps") = 0.0, py::arg("beta1") = 0.0,
+        py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0, "One sparse optimizer step; see embtab.optim.");
+  m.def("optim_step_bags", &optim_step_bags, py::arg("kind"), py::arg("table"), py::arg("state1"), py::arg("state2"),
+        py::arg("grad_out"), py::arg("ids"), py::arg("offsets") = py::none(), py::arg("mode") = "sum",
+        py::arg("weights") = py::none(), py::arg("argmax") = py::none(), py::arg("lr") = 0.0, py::arg("eps") = 0.0,
+        py::arg("beta1") = 0.0, py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0,
+        "Fused bag gradient + sparse optimizer step; see embtab.optim.");
+}
+
+}  // namespace bind
+}  // namespace embtab

@@ -1,0 +1,137 @@
+// Sparse gradients and sparse optimizer updates. Pure C++; no Python.
+//
+// Two steps, both multithreaded and bitwise independent of the thread count:
+// 1. `plan` sorts the ids of a batch (a stable LSD radix sort of (id, position), scratch O(n)),
+//    validating every id first, and returns the sorted unique rows with, for each, the positions
+//    where it occurs in their original order.
+// 2. `reduce` walks the unique rows: it sums each row's gradient from a GradSource (plain values,
+//    bag gradients or max-pool routing) in the original order of the ids, then either stores it
+//    (coalesce) or applies an optimizer update to the table and its state in the same pass, so the
+//    full gradient is never materialised. Each row is owned by one thread.
+// `scatter_add` is separate: no sort; each thread owns a range of rows and scans all ids in order.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/dispatch.hpp"
+
+namespace embtab {
+
+// The result of `plan`: the unique ids in increasing order (`rows`, num_unique of them) and, for
+// row k, its positions order[seg[k]] < ... < order[seg[k + 1] - 1] in the flat ids array.
+struct SparsePlan {
+  std::int64_t n = 0;
+  std::int64_t num_unique = 0;
+  const std::int64_t* order = nullptr;  // n
+  const std::int64_t* seg = nullptr;    // num_unique + 1
+  const std::int64_t* rows = nullptr;   // num_unique
+};
+
+// Scratch for `plan`, allocated by the caller (e.g. with operator new): work at least
+// kPlanWorkBytesPerId * n bytes, 8-byte aligned; order and rows n int64 each; seg n + 1 int64.
+constexpr std::int64_t kPlanWorkBytesPerId = 32;
+struct PlanBuffers {
+  void* work;
+  std::int64_t* order;
+  std::int64_t* seg;
+  std::int64_t* rows;
+};
+
+template <class I>
+struct SparseIndexFns {
+  // Checks 0 <= id < num_rows for every id (num_rows < 0: no upper bound) before anything else.
+  // Returns -1 and fills `plan` (pointing into `buffers`) on success, else the smallest bad position.
+  std::int64_t (*plan)(const I* ids, std::int64_t n, std::int64_t num_rows, const PlanBuffers& buffers,
+                       SparsePlan& plan);
+};
+
+// Where the gradient of one position comes from.
+enum class SourceKind : int {
+  values = 0,   // values[pos]
+  bags = 1,     // grad_out[bag_of[pos]], times weights[pos], divided by the bag's length if mean
+  bags_max = 2  // grad_out[bag, j] for the elements j where argmax[bag, j] == the row (once per bag)
+};
+
+template <class T>
+struct GradSource {
+  SourceKind kind = SourceKind::values;
+  std::int64_t dim = 0;
+  const T* values = nullptr;            // values: n x dim
+  const T* grad_out = nullptr;          // bags: num_bags x dim
+  const std::int64_t* bag_of = nullptr;  // bags: n (the bag of each position)
+  const std::int64_t* offsets = nullptr;  // bags: num_bags + 1 (for mean)
+  const T* weights = nullptr;           // bags: nullptr or n
+  bool mean = false;
+  const std::int64_t* argmax = nullptr;  // bags_max: num_bags x dim
+};
+
+enum class UpdateKind : int { store = 0, sgd = 1, adagrad = 2, rowwise_adagrad = 3, adam = 4 };
+
+// The update applied to row r with its summed gradient g (all arithmetic in T; the double
+// parameters are rounded to T once, as torch does with Python scalars):
+//   store:           out[k] = g
+//   sgd:             p += (-lr) * g
+//   adagrad:         s += g * g;  p += (-lr) * (g / (sqrt(s) + eps))
+//   rowwise_adagrad: g += weight_decay * p (if nonzero);  s_r += mean(g * g);
+//                    p -= (lr / (sqrt(s_r) + eps)) * g
+//   adam:            m_old = m; dm = (g - m_old) * (1 - beta1); m = m_old + dm;
+//                    v_old = v; dv = (g * g - v_old) * (1 - beta2); v = v_old + dv;
+//                    p += (-lr) * ((dm + m_old) / (sqrt(dv + v_old) + eps))
+//                    (torch.optim.SparseAdam's order of operations; lr is the bias-corrected step size)
+template <class T>
+struct Update {
+  UpdateKind kind = UpdateKind::store;
+  T* out = nullptr;     // store: num_unique x dim
+  T* table = nullptr;   // num_rows x dim
+  T* state1 = nullptr;  // adagrad: sum (num_rows x dim); rowwise: sum (num_rows); adam: exp_avg
+  T* state2 = nullptr;  // adam: exp_avg_sq
+  double lr = 0, eps = 0, beta1 = 0, beta2 = 0, weight_decay = 0;
+};
+
+template <class T, class I>
+struct ScatterFns {
+  // target[ids[i]] += values[i] in the order of i, like np.add.at. Every id is checked before the
+  // first write: returns -1 on success, else the smallest bad position (target untouched).
+  std::int64_t (*scatter_add)(T* target, std::int64_t num_rows, std::int64_t dim, const I* ids, std::int64_t n,
+                              const T* values);
+};
+
+template <class T>
+struct SparseFns {
+  void (*reduce)(const SparsePlan& plan, const GradSource<T>& source, const Update<T>& update);
+};
+
+// bag_of[p] = b for offsets[b] <= p < offsets[b + 1].
+using BagOfFn = void (*)(const std::int64_t* offsets, std::int64_t num_bags, std::int64_t* bag_of);
+
+struct SparseKernels {
+  SparseIndexFns<std::int32_t> i32;
+  SparseIndexFns<std::int64_t> i64;
+  ScatterFns<float, std::int32_t> scatter_f32_i32;
+  ScatterFns<float, std::int64_t> scatter_f32_i64;
+  ScatterFns<double, std::int32_t> scatter_f64_i32;
+  ScatterFns<double, std::int64_t> scatter_f64_i64;
+  SparseFns<float> f32;
+  SparseFns<double> f64;
+  BagOfFn bag_of;
+
+  template <class I>
+  const SparseIndexFns<I>& index() const;
+  template <class T, class I>
+  const ScatterFns<T, I>& scatter() const;
+  template <class T>
+  const SparseFns<T>& get() const;
+};
+
+template <> inline const SparseIndexFns<std::int32_t>& SparseKernels::index() const { return i32; }
+template <> inline const SparseIndexFns<std::int64_t>& SparseKernels::index() const { return i64; }
+template <> inline const ScatterFns<float, std::int32_t>& SparseKernels::scatter() const { return scatter_f32_i32; }
+template <> inline const ScatterFns<float, std::int64_t>& SparseKernels::scatter() const { return scatter_f32_i64; }
+template <> inline const ScatterFns<double, std::int32_t>& SparseKernels::scatter() const { return scatter_f64_i32; }
+template <> inline const ScatterFns<double, std::int64_t>& SparseKernels::scatter() const { return scatter_f64_i64; }
+template <> inline const SparseFns<float>& SparseKernels::get() const { return f32; }
+template <> inline const SparseFns<double>& SparseKernels::get() const { return f64; }
+
+}  // namespace embtab
+
+EMBTAB_ISA_TABLE(SparseKernels, sparse_kernels)
