@@ -9,6 +9,7 @@ from __future__ import annotations
 import os as _os
 
 from . import _core
+from ._hashing import fasttext_hash, feature_hash, hash_buckets, murmur3_32, murmur3_128, subword_ngrams
 from ._lookup import gather, gather_bags
 from ._runtime import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
 
@@ -21,10 +22,16 @@ if _os.environ.get("EMBTAB_SIMD"):
 __all__ = [
     "__version__",
     "available_simd_paths",
+    "fasttext_hash",
+    "feature_hash",
     "gather",
     "gather_bags",
     "get_num_threads",
+    "hash_buckets",
+    "murmur3_128",
+    "murmur3_32",
     "set_num_threads",
     "set_simd_path",
     "simd_path",
+    "subword_ngrams",
 ]
