@@ -204,6 +204,15 @@ EMBTAB_INLINE int64_t ucs4_to_utf8(const unsigned char* src, int64_t count, char
   return reinterpret_cast<char*>(o) - out;
 }
 
+// dst[0:len] = src[0:len] for short strings, without a call to memcpy (constant-size copies are
+// single moves).
+EMBTAB_INLINE void copy_bytes(char* EMBTAB_RESTRICT dst, const char* EMBTAB_RESTRICT src, int64_t len) {
+  for (; len >= 8; len -= 8, dst += 8, src += 8) __builtin_memcpy(dst, src, 8);
+  if (len & 4) { __builtin_memcpy(dst, src, 4); dst += 4; src += 4; }
+  if (len & 2) { __builtin_memcpy(dst, src, 2); dst += 2; src += 2; }
+  if (len & 1) *dst = *src;
+}
+
 // Calls op(i, bytes, len) for each string key i in [begin, end). With Wrap, the bytes are the key
 // between fastText's word delimiters, "<" + key + ">". A 'U' key that cannot be encoded is
 // recorded in first_bad and skipped.
@@ -218,7 +227,7 @@ void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch&
         if (Wrap) {
           char* buf = scratch.get(s.len + 2);
           buf[0] = '<';
-          __builtin_memcpy(buf + 1, s.ptr, static_cast<std::size_t>(s.len));
+          copy_bytes(buf + 1, s.ptr, s.len);
           buf[s.len + 1] = '>';
           op(i, static_cast<const char*>(buf), s.len + 2);
         } else {
@@ -235,7 +244,7 @@ void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch&
         while (len > 0 && p[len - 1] == 0) --len;
         if (Wrap) {
           buf[0] = '<';
-          __builtin_memcpy(buf + 1, p, static_cast<std::size_t>(len));
+          copy_bytes(buf + 1, p, len);
           buf[len + 1] = '>';
           op(i, static_cast<const char*>(buf), len + 2);
         } else {
@@ -429,31 +438,58 @@ EMBTAB_INLINE int64_t subword_count(int64_t chars, int64_t minn, int64_t maxn) {
 
 int64_t subword_counts(const KeySource& words, int minn, int maxn, int64_t* counts) {
   if (words.n <= 0) return -1;
-  auto op = [&](int64_t i, const char* s, int64_t len) {
-    int64_t chars = 0;
+  auto op = [=](int64_t i, const char* s, int64_t len) {
+    int64_t chars = 2;  // "<" and ">"
     for (int64_t k = 0; k < len; ++k) chars += utf8_continuation(s[k]) ? 0 : 1;
     counts[i] = subword_count(chars, minn, maxn);
   };
-  return parallel_strings<true>(words, op);
+  return parallel_strings<false>(words, op);
+}
+
+// The ids of one wrapped word `s` (len bytes) into o, in fastText's order: by start character,
+// then by length. Scalars are passed by value so that they stay in registers across the stores.
+EMBTAB_INLINE void word_subword_ids(const char* EMBTAB_RESTRICT s, int64_t len, int64_t minn, int64_t maxn,
+                                    FastMod mod, int64_t offset, int64_t* EMBTAB_RESTRICT o) {
+  bool any_continuation = false;
+  for (int64_t k = 0; k < len; ++k) any_continuation |= utf8_continuation(s[k]);
+  if (!any_continuation) {
+    // Every byte is a character (ASCII, the common case): fixed trip counts, few branches.
+    for (int64_t i = 0; i < len; ++i) {
+      const int64_t top = min_of<int64_t>(maxn, len - i);
+      uint32_t h = kFnvOffset;
+      int64_t n = 1;
+      for (; n < minn && n <= top; ++n) h = fnv_step(h, s[i + n - 1]);
+      if (n == 1 && n <= top) {  // minn == 1: a lone "<" or ">" is skipped
+        h = fnv_step(h, s[i]);
+        if (i != 0 && i != len - 1) *o++ = offset + static_cast<int64_t>(apply_fastmod(mod, h));
+        ++n;
+      }
+      for (; n <= top; ++n) {
+        h = fnv_step(h, s[i + n - 1]);
+        *o++ = offset + static_cast<int64_t>(apply_fastmod(mod, h));
+      }
+    }
+    return;
+  }
+  // Same walk as fastText's computeSubwords, with the hash extended one character at a time.
+  for (int64_t i = 0; i < len; ++i) {
+    if (utf8_continuation(s[i])) continue;
+    uint32_t h = kFnvOffset;
+    int64_t j = i;
+    for (int64_t n = 1; j < len && n <= maxn; ++n) {
+      h = fnv_step(h, s[j++]);
+      while (j < len && utf8_continuation(s[j])) h = fnv_step(h, s[j++]);
+      if (n >= minn && !(n == 1 && (i == 0 || j == len))) *o++ = offset + static_cast<int64_t>(apply_fastmod(mod, h));
+    }
+  }
 }
 
 int64_t subword_ids(const KeySource& words, int minn, int maxn, uint64_t bucket, int64_t offset,
                     const int64_t* offsets, int64_t* ids) {
   if (words.n <= 0) return -1;
   const FastMod mod = make_fastmod(bucket);
-  auto op = [&](int64_t w, const char* s, int64_t len) {
-    int64_t* EMBTAB_RESTRICT o = ids + offsets[w];
-    // Same walk as fastText's computeSubwords, with the hash extended one character at a time.
-    for (int64_t i = 0; i < len; ++i) {
-      if (utf8_continuation(s[i])) continue;
-      uint32_t h = kFnvOffset;
-      int64_t j = i;
-      for (int n = 1; j < len && n <= maxn; ++n) {
-        h = fnv_step(h, s[j++]);
-        while (j < len && utf8_continuation(s[j])) h = fnv_step(h, s[j++]);
-        if (n >= minn && !(n == 1 && (i == 0 || j == len))) *o++ = offset + static_cast<int64_t>(apply_fastmod(mod, h));
-      }
-    }
+  auto op = [=](int64_t w, const char* s, int64_t len) {
+    word_subword_ids(s, len, minn, maxn, mod, offset, ids + offsets[w]);
   };
   return parallel_strings<true>(words, op);
 }
