@@ -19,22 +19,38 @@ namespace embtab {
 namespace bind {
 namespace {
 
-// Copies of short strings, in fixed-size blocks that never move (so spans into them stay valid).
-// reset() keeps the blocks for the next call.
+// dst[0:len] = src[0:len] for short strings with few branches and no call: fixed-size moves
+// that overlap rather than a loop over the remainder.
+inline void copy_short(char* dst, const char* src, std::size_t len) {
+  if (len >= 8) {
+    for (std::size_t k = 0; k + 8 < len; k += 8) std::memcpy(dst + k, src + k, 8);
+    std::memcpy(dst + len - 8, src + len - 8, 8);
+  } else if (len >= 4) {
+    std::memcpy(dst, src, 4);
+    std::memcpy(dst + len - 4, src + len - 4, 4);
+  } else if (len > 0) {
+    dst[0] = src[0];
+    dst[len / 2] = src[len / 2];
+    dst[len - 1] = src[len - 1];
+  }
+}
+
+// Copies of short strings, in fixed-size blocks that never move (so spans into them stay valid),
+// each followed by at least kSlack readable bytes. reset() keeps the blocks for the next call.
 class Arena {
  public:
   static constexpr std::size_t kBlockBytes = std::size_t(1) << 20;
+  static constexpr std::size_t kSlack = 8;
 
-  // len <= kBlockBytes.
+  // len <= kBlockBytes. Even an empty string gets a place (its padding may be read).
   const char* copy(const char* p, std::size_t len) {
-    if (len == 0) return "";
-    if (len > left_) {
-      if (used_ == blocks_.size()) blocks_.emplace_back(new char[kBlockBytes]);
+    if (len > left_ || next_ == nullptr) {
+      if (used_ == blocks_.size()) blocks_.emplace_back(new char[kBlockBytes + kSlack]());
       next_ = blocks_[used_++].get();
       left_ = kBlockBytes;
     }
     char* dst = next_;
-    std::memcpy(dst, p, len);
+    copy_short(dst, p, len);
     next_ += len;
     left_ -= len;
     return dst;
@@ -70,7 +86,7 @@ thread_local std::unique_ptr<StringBuffers> t_spare_buffers;
 struct Keys {
   static constexpr std::int64_t kCopyBytes = 64;
 
-  KeySource source{KeyKind::spans, 0, 0, nullptr, nullptr};
+  KeySource source{KeyKind::spans, 0, 0, nullptr, nullptr, false};
   std::vector<py::ssize_t> shape;  // of the hashed keys (the result's shape)
   py::array array;                 // for array keys: a C-contiguous, native-order view or copy
   std::unique_ptr<StringBuffers> strings;
@@ -101,7 +117,8 @@ struct Keys {
   }
   void finish_spans() {
     const std::vector<StrSpan>& s = spans();
-    source = KeySource{KeyKind::spans, static_cast<std::int64_t>(s.size()), 0, nullptr, s.data()};
+    // Every span of up to kCopyBytes (>= kPaddedSpanMax) bytes is a copy in the arena.
+    source = KeySource{KeyKind::spans, static_cast<std::int64_t>(s.size()), 0, nullptr, s.data(), true};
   }
 };
 
@@ -124,6 +141,15 @@ std::string type_name(const py::handle& obj) { return py::str(py::type::of(obj).
 // `where` is only built on error.
 template <class Where>
 StrSpan string_span(PyObject* item, const Where& where) {
+  if (PyUnicode_CheckExact(item)) {
+#if PY_VERSION_HEX < 0x030C0000
+    if (PyUnicode_IS_READY(item))
+#endif
+      // Compact ASCII text is its own UTF-8 (this is what PyUnicode_AsUTF8AndSize returns too).
+      if (PyUnicode_IS_COMPACT_ASCII(item))
+        return StrSpan{static_cast<const char*>(PyUnicode_DATA(item)),
+                       static_cast<std::int64_t>(PyUnicode_GET_LENGTH(item))};
+  }
   if (PyUnicode_Check(item)) {
     Py_ssize_t len = 0;
     const char* p = PyUnicode_AsUTF8AndSize(item, &len);  // cached in the str object
@@ -143,13 +169,21 @@ py::object as_fast_sequence(const py::handle& seq) {
   return py::reinterpret_steal<py::object>(s);
 }
 
-void add_strings(Keys& keys, const py::object& seq, const char* name, const std::vector<py::ssize_t>& shape) {
-  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
-  PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
+// Adds items[0:n]; position(i) names item i in an error message.
+template <class Position>
+void add_items(Keys& keys, PyObject* const* items, Py_ssize_t n, const Position& position) {
   std::vector<StrSpan>& spans = keys.spans();
   spans.reserve(spans.size() + static_cast<std::size_t>(n));
-  for (Py_ssize_t i = 0; i < n; ++i)
-    keys.add(items[i], string_span(items[i], [&] { return position_str(name, shape, i); }));
+  constexpr Py_ssize_t kAhead = 8;  // the str objects are scattered in memory: fetch them ahead
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (i + kAhead < n) __builtin_prefetch(items[i + kAhead]);
+    keys.add(items[i], string_span(items[i], [&] { return position(i); }));
+  }
+}
+
+void add_strings(Keys& keys, const py::object& seq, const char* name, const std::vector<py::ssize_t>& shape) {
+  add_items(keys, PySequence_Fast_ITEMS(seq.ptr()), PySequence_Fast_GET_SIZE(seq.ptr()),
+            [&](Py_ssize_t i) { return position_str(name, shape, i); });
 }
 
 bool is_sequence_of_keys(const py::handle& obj) { return PyList_Check(obj.ptr()) || PyTuple_Check(obj.ptr()); }
@@ -198,11 +232,11 @@ Keys collect_keys(const py::handle& obj, const char* name, bool allow_ints) {
     keys.array = py::module_::import("numpy").attr("ascontiguousarray")(a, native).cast<py::array>();
     const std::int64_t itemsize = keys.array.itemsize();
     if (kind == 'U')
-      keys.source = KeySource{KeyKind::fixed_ucs4, n, itemsize / 4, keys.array.data(), nullptr};
+      keys.source = KeySource{KeyKind::fixed_ucs4, n, itemsize / 4, keys.array.data(), nullptr, false};
     else if (kind == 'S')
-      keys.source = KeySource{KeyKind::fixed_bytes, n, itemsize, keys.array.data(), nullptr};
+      keys.source = KeySource{KeyKind::fixed_bytes, n, itemsize, keys.array.data(), nullptr, false};
     else
-      keys.source = KeySource{KeyKind::ints, n, itemsize, keys.array.data(), nullptr};
+      keys.source = KeySource{KeyKind::ints, n, itemsize, keys.array.data(), nullptr, false};
     return keys;
   }
   if (!is_sequence_of_keys(obj))
@@ -301,10 +335,8 @@ Keys collect_documents(const py::handle& docs_obj, std::vector<std::int64_t>& of
       throw py::type_error(doc_name() + " must be a list of str / bytes (a document), got " + type_name(doc));
     }
     const py::object items = py::reinterpret_steal<py::object>(fast);
-    const Py_ssize_t n = PySequence_Fast_GET_SIZE(items.ptr());
-    PyObject** tokens = PySequence_Fast_ITEMS(items.ptr());
-    for (Py_ssize_t i = 0; i < n; ++i)
-      keys.add(tokens[i], string_span(tokens[i], [&] { return doc_name() + "[" + std::to_string(i) + "]"; }));
+    add_items(keys, PySequence_Fast_ITEMS(items.ptr()), PySequence_Fast_GET_SIZE(items.ptr()),
+              [&](Py_ssize_t i) { return doc_name() + "[" + std::to_string(i) + "]"; });
     offsets.push_back(static_cast<std::int64_t>(spans.size()));
   }
   keys.shape = {static_cast<py::ssize_t>(spans.size())};

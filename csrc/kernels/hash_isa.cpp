@@ -90,6 +90,22 @@ EMBTAB_INLINE uint32_t murmur3_x86_32(const char* key, int64_t len, uint32_t see
   return fmix32(h ^ static_cast<uint32_t>(len));
 }
 
+// The same hash when 4 bytes may be read at key + 4 * (len / 4) (so up to 3 past the end): the
+// tail is one masked load instead of a switch on len % 4, which mispredicts on keys of mixed length.
+EMBTAB_INLINE uint32_t murmur3_x86_32_padded(const char* key, int64_t len, uint32_t seed) {
+  const unsigned char* p = reinterpret_cast<const unsigned char*>(key);
+  const int64_t nblocks = len / 4;
+  uint32_t h = seed;
+  for (int64_t b = 0; b < nblocks; ++b) h = mm32_block(h, load_le32(p + 4 * b));
+  const uint32_t mask = static_cast<uint32_t>((uint64_t(1) << (8 * (len & 3))) - 1);
+  h ^= mm32_k(load_le32(p + 4 * nblocks) & mask);  // mm32_k(0) == 0: no tail, no change
+  return fmix32(h ^ static_cast<uint32_t>(len));
+}
+
+EMBTAB_INLINE uint32_t murmur3_x86_32_key(const char* key, int64_t len, uint32_t seed, bool padded) {
+  return padded ? murmur3_x86_32_padded(key, len, seed) : murmur3_x86_32(key, len, seed);
+}
+
 constexpr uint64_t kC1_64 = 0x87c37b91114253d5ull, kC2_64 = 0x4cf5ad432745937full;
 
 EMBTAB_INLINE void murmur3_x64_128(const unsigned char* p, int64_t len, uint32_t seed, uint64_t* out) {
@@ -156,8 +172,11 @@ EMBTAB_INLINE uint64_t apply_fastmod(const FastMod& f, uint32_t a) {
 // ---------------------------------------------------------------------------------------------
 // Key access.
 
+// Bytes that may be read past the end of a string held in a Scratch buffer.
+constexpr int64_t kScratchSlack = 8;
+
 // A growable byte buffer owned by one chunk (operator new[], not a standard container: see
-// isa_common.hpp).
+// isa_common.hpp). kScratchSlack readable bytes follow the n requested.
 struct Scratch {
   char* p = nullptr;
   int64_t cap = 0;
@@ -169,7 +188,7 @@ struct Scratch {
     if (n > cap) {
       delete[] p;
       cap = max_of<int64_t>(n, 2 * cap);
-      p = new char[static_cast<std::size_t>(cap)];
+      p = new char[static_cast<std::size_t>(cap + kScratchSlack)]();
     }
     return p;
   }
@@ -213,9 +232,9 @@ EMBTAB_INLINE void copy_bytes(char* EMBTAB_RESTRICT dst, const char* EMBTAB_REST
   if (len & 1) *dst = *src;
 }
 
-// Calls op(i, bytes, len) for each string key i in [begin, end). With Wrap, the bytes are the key
-// between fastText's word delimiters, "<" + key + ">". A 'U' key that cannot be encoded is
-// recorded in first_bad and skipped.
+// Calls op(i, bytes, len, padded) for each string key i in [begin, end); `padded` says that 4
+// bytes past the end may be read. With Wrap, the bytes are the key between fastText's word
+// delimiters, "<" + key + ">". A 'U' key that cannot be encoded is recorded in first_bad and skipped.
 template <bool Wrap, class Op>
 void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch& scratch, int64_t* first_bad,
                      Op& op) {
@@ -229,14 +248,15 @@ void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch&
           buf[0] = '<';
           copy_bytes(buf + 1, s.ptr, s.len);
           buf[s.len + 1] = '>';
-          op(i, static_cast<const char*>(buf), s.len + 2);
+          op(i, static_cast<const char*>(buf), s.len + 2, true);
         } else {
-          op(i, s.ptr, s.len);
+          op(i, s.ptr, s.len, keys.short_spans_padded && s.len <= kPaddedSpanMax);
         }
       }
       break;
     case KeyKind::fixed_bytes: {
       const char* base = static_cast<const char*>(keys.data);
+      const char* array_end = base + keys.n * keys.width;
       char* buf = Wrap ? scratch.get(keys.width + 2) : nullptr;
       for (int64_t i = begin; i < end; ++i) {
         const char* p = base + i * keys.width;
@@ -246,9 +266,9 @@ void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch&
           buf[0] = '<';
           copy_bytes(buf + 1, p, len);
           buf[len + 1] = '>';
-          op(i, static_cast<const char*>(buf), len + 2);
+          op(i, static_cast<const char*>(buf), len + 2, true);
         } else {
-          op(i, p, len);
+          op(i, p, len, array_end - (p + len) >= 4);
         }
       }
       break;
@@ -274,7 +294,7 @@ void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch&
           buf[0] = '<';
           buf[len + 1] = '>';
         }
-        op(i, static_cast<const char*>(buf), len + pad);
+        op(i, static_cast<const char*>(buf), len + pad, true);
       }
       break;
     }
@@ -345,7 +365,9 @@ int64_t murmur3_32(const KeySource& keys, uint32_t seed, uint32_t* out) {
     });
     return -1;
   }
-  auto op = [&](int64_t i, const char* s, int64_t len) { out[i] = murmur3_x86_32(s, len, seed); };
+  auto op = [=](int64_t i, const char* s, int64_t len, bool padded) {
+    out[i] = murmur3_x86_32_key(s, len, seed, padded);
+  };
   return parallel_strings<false>(keys, op);
 }
 
@@ -364,7 +386,7 @@ int64_t murmur3_128(const KeySource& keys, uint32_t seed, uint64_t* out) {
     });
     return -1;
   }
-  auto op = [&](int64_t i, const char* s, int64_t len) {
+  auto op = [=](int64_t i, const char* s, int64_t len, bool) {
     murmur3_x64_128(reinterpret_cast<const unsigned char*>(s), len, seed, out + 2 * i);
   };
   return parallel_strings<false>(keys, op);
@@ -389,8 +411,8 @@ int64_t buckets(const KeySource& keys, uint32_t seed, uint64_t num_buckets, int6
     });
     return -1;
   }
-  auto op = [&](int64_t i, const char* s, int64_t len) {
-    out[i] = static_cast<int64_t>(apply_fastmod(mod, murmur3_x86_32(s, len, seed)));
+  auto op = [=](int64_t i, const char* s, int64_t len, bool padded) {
+    out[i] = static_cast<int64_t>(apply_fastmod(mod, murmur3_x86_32_key(s, len, seed, padded)));
   };
   return parallel_strings<false>(keys, op);
 }
@@ -400,8 +422,8 @@ int64_t feature_hash(const KeySource& keys, uint64_t n_features, bool alternate_
   if (keys.n <= 0) return -1;
   const FastMod mod = make_fastmod(n_features);
   const uint32_t sign_mask = alternate_sign ? 0x80000000u : 0u;
-  auto op = [&](int64_t i, const char* s, int64_t len) {
-    const uint32_t h = murmur3_x86_32(s, len, 0);
+  auto op = [=](int64_t i, const char* s, int64_t len, bool padded) {
+    const uint32_t h = murmur3_x86_32_key(s, len, 0, padded);
     // |h| of the signed value, computed unsigned so that |-2^31| = 2^31 (scikit-learn's result);
     // branch-free, as the sign of a hash is a coin flip.
     const uint32_t negative = h >> 31;
@@ -415,7 +437,7 @@ int64_t feature_hash(const KeySource& keys, uint64_t n_features, bool alternate_
 
 int64_t fasttext_hash(const KeySource& keys, uint32_t* out) {
   if (keys.n <= 0) return -1;
-  auto op = [&](int64_t i, const char* s, int64_t len) { out[i] = fasttext_fnv(s, len); };
+  auto op = [=](int64_t i, const char* s, int64_t len, bool) { out[i] = fasttext_fnv(s, len); };
   return parallel_strings<false>(keys, op);
 }
 
@@ -438,7 +460,7 @@ EMBTAB_INLINE int64_t subword_count(int64_t chars, int64_t minn, int64_t maxn) {
 
 int64_t subword_counts(const KeySource& words, int minn, int maxn, int64_t* counts) {
   if (words.n <= 0) return -1;
-  auto op = [=](int64_t i, const char* s, int64_t len) {
+  auto op = [=](int64_t i, const char* s, int64_t len, bool) {
     int64_t chars = 2;  // "<" and ">"
     for (int64_t k = 0; k < len; ++k) chars += utf8_continuation(s[k]) ? 0 : 1;
     counts[i] = subword_count(chars, minn, maxn);
@@ -488,7 +510,7 @@ int64_t subword_ids(const KeySource& words, int minn, int maxn, uint64_t bucket,
                     const int64_t* offsets, int64_t* ids) {
   if (words.n <= 0) return -1;
   const FastMod mod = make_fastmod(bucket);
-  auto op = [=](int64_t w, const char* s, int64_t len) {
+  auto op = [=](int64_t w, const char* s, int64_t len, bool) {
     word_subword_ids(s, len, minn, maxn, mod, offset, ids + offsets[w]);
   };
   return parallel_strings<true>(words, op);

@@ -29,12 +29,18 @@ enum class KeyKind : int {
   fixed_ucs4 = 3,   // numpy 'U': n elements of `width` UCS-4 code points; trailing NULs are dropped
 };
 
+// Spans of at most this many bytes may promise readable bytes after their end (see KeySource).
+constexpr std::int64_t kPaddedSpanMax = 64;
+
 struct KeySource {
   KeyKind kind;
   std::int64_t n;
   std::int64_t width;
   const void* data;
   const StrSpan* spans;
+  // spans only: every span of at most kPaddedSpanMax bytes is followed by at least 4 readable
+  // bytes (which lets a hash read its tail in one load).
+  bool short_spans_padded;
 };
 
 struct HashKernels {
