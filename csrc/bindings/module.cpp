@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   embtab::bind::register_runtime(m);
   embtab::bind::register_lookup(m);
   embtab::bind::register_sparse(m);
+  embtab::bind::register_hashing(m);
 }

@@ -9,6 +9,7 @@ namespace bind {
 void register_runtime(pybind11::module_& m);
 void register_lookup(pybind11::module_& m);
 void register_sparse(pybind11::module_& m);
+void register_hashing(pybind11::module_& m);
 
 }  // namespace bind
 }  // namespace embtab

@@ -1,7 +1,8 @@
 """embtab: fast, exact embedding tables for Python.
 
 C++ kernels (multithreaded, with the SIMD path chosen at run time) behind a small numpy API:
-row lookups and pooled bag lookups, sparse gradients and fused sparse optimizers (embtab.optim).
+row lookups and pooled bag lookups, sparse gradients and fused sparse optimizers (embtab.optim),
+the hashing trick and fastText subwords, embedding layers, similarity search and checkpoints.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os as _os
 
 from . import _core, optim
 from ._checkpoint import CheckpointError, load, save
+from ._hashing import fasttext_hash, feature_hash, hash_buckets, murmur3_32, murmur3_128, subword_ngrams
 from ._lookup import gather, gather_bags
 from ._runtime import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
 from ._similarity import most_similar
@@ -26,16 +28,22 @@ __all__ = [
     "__version__",
     "available_simd_paths",
     "coalesce",
+    "fasttext_hash",
+    "feature_hash",
     "gather",
     "gather_bags",
     "gather_bags_grad",
     "get_num_threads",
+    "hash_buckets",
     "load",
     "most_similar",
+    "murmur3_128",
+    "murmur3_32",
     "optim",
     "save",
     "scatter_add",
     "set_num_threads",
     "set_simd_path",
     "simd_path",
+    "subword_ngrams",
 ]

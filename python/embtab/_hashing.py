@@ -1,0 +1,293 @@
+"""The hashing trick: MurmurHash3 buckets, scikit-learn's FeatureHasher mapping and fastText's
+subword n-grams, for whole arrays and lists of keys at once."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Sequence, Tuple, Union
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _core
+
+Key = Union[str, bytes]
+#: What the hash functions accept: a numpy integer, bytes ('S'), str ('U') or object array, a
+#: list or tuple of str / bytes, or a single key.
+Keys = Union[NDArray[Any], Sequence[Key], Key, int, np.integer]
+
+_UINT32_LIMIT = 2**32
+
+
+def _check_seed(seed: Any) -> int:
+    seed = operator.index(seed)
+    if not 0 <= seed < _UINT32_LIMIT:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    return seed
+
+
+def _check_count(value: Any, name: str) -> int:
+    """A count >= 1; values above 2**32 act like 2**32 (a 32-bit hash is already below it)."""
+    value = operator.index(value)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return min(value, _UINT32_LIMIT)
+
+
+def _as_keys(keys: Any, allow_ints: bool) -> Tuple[Any, bool]:
+    """(what the compiled layer takes, whether `keys` was a single key)."""
+    if isinstance(keys, (str, bytes)):
+        return [keys], True
+    if isinstance(keys, (np.ndarray, list, tuple)):
+        return keys, False
+    if isinstance(keys, (bool, np.bool_)):
+        raise TypeError("keys must be str, bytes, an integer or an array / list of them, got bool")
+    if allow_ints and isinstance(keys, np.integer):
+        return np.asarray(keys).reshape(1), True
+    if allow_ints and isinstance(keys, int):
+        # Like sklearn.utils.murmurhash3_32(int): the key is the int's 4 little-endian bytes.
+        if -(2**31) <= keys < 2**31:
+            return np.array([keys], dtype=np.int32), True
+        if 2**31 <= keys < _UINT32_LIMIT:
+            return np.array([keys], dtype=np.uint32), True
+        raise OverflowError(
+            f"a Python int key is hashed as 4 bytes and must be in [-2**31, 2**32), got {keys}; "
+            "pass np.int64(key) or np.uint64(key) to hash 8 bytes"
+        )
+    if hasattr(keys, "__array__"):
+        return np.asarray(keys), False
+    if hasattr(keys, "__iter__"):
+        return list(keys), False
+    expected = "str, bytes, an integer, a numpy array or a list of str / bytes" if allow_ints else (
+        "str, bytes, a numpy 'U' / 'S' array or a list of str / bytes"
+    )
+    raise TypeError(f"keys must be {expected}, got {type(keys).__name__}")
+
+
+def murmur3_32(keys: Keys, seed: int = 0, *, signed: bool = False) -> Union[NDArray[np.uint32], NDArray[np.int32], int]:
+    """MurmurHash3_x86_32 of each key, bit-exact with the reference and with ``mmh3.hash``.
+
+    Parameters
+    ----------
+    keys : array_like or str or bytes or int
+        - a numpy integer array: each element is hashed as its own little-endian bytes (int32 /
+          uint32 as 4 bytes, which matches ``sklearn.utils.murmurhash3_32`` on int32 arrays;
+          int64 / uint64 as 8 bytes; int8 / int16 as 1 / 2 bytes);
+        - a numpy bytes (``S``) or str (``U``) array: each value without numpy's trailing NUL
+          padding, str encoded as UTF-8; an object array of str / bytes;
+        - a list or tuple of ``str`` (hashed as UTF-8) and / or ``bytes``;
+        - a single ``str``, ``bytes``, numpy integer or Python int (a Python int is hashed as 4
+          bytes, like ``sklearn.utils.murmurhash3_32(int)``): the result is then a Python int.
+    seed : int in [0, 2**32)
+    signed : bool
+        Return int32 (as ``mmh3.hash(key, seed)``) instead of uint32.
+
+    Returns
+    -------
+    ndarray of uint32 (int32 with ``signed=True``) with the shape of ``keys`` (``(len(keys),)``
+    for a list), or an int for a single key.
+
+    Raises
+    ------
+    TypeError
+        Float or bool arrays, or a list item that is not str / bytes (its position is named).
+    UnicodeEncodeError
+        A str holding a lone surrogate (the reason names its position).
+    ValueError
+        ``seed`` outside [0, 2**32).
+    """
+    seed = _check_seed(seed)
+    prepared, single = _as_keys(keys, allow_ints=True)
+    out = _core.murmur3_32(prepared, seed)
+    if signed:
+        out = out.view(np.int32)
+    return int(out[0]) if single else out
+
+
+def murmur3_128(keys: Keys, seed: int = 0) -> Union[NDArray[np.uint64], Tuple[int, int]]:
+    """MurmurHash3_x64_128 of each key: ``(h1, h2)`` as in ``mmh3.hash64(key, seed, signed=False)``.
+
+    The 16-byte digest of the reference (``mmh3.hash_bytes``) is ``h1`` then ``h2``, each
+    little-endian. Keys are interpreted as in :func:`murmur3_32`.
+
+    Parameters
+    ----------
+    keys : array_like or str or bytes or int
+    seed : int in [0, 2**32)
+
+    Returns
+    -------
+    ndarray of uint64 with shape ``keys.shape + (2,)`` (``(len(keys), 2)`` for a list), or a
+    tuple ``(h1, h2)`` of Python ints for a single key.
+
+    Raises
+    ------
+    TypeError, UnicodeEncodeError, ValueError
+        As :func:`murmur3_32`.
+    """
+    seed = _check_seed(seed)
+    prepared, single = _as_keys(keys, allow_ints=True)
+    out = _core.murmur3_128(prepared, seed)
+    if single:
+        return int(out[0, 0]), int(out[0, 1])
+    return out
+
+
+def hash_buckets(keys: Keys, num_buckets: int, *, seed: int = 0) -> Union[NDArray[np.int64], int]:
+    """Row ids of a hashed embedding table: ``murmur3_32(keys, seed) % num_buckets`` (unsigned).
+
+    Parameters
+    ----------
+    keys : array_like or str or bytes or int
+        As in :func:`murmur3_32`.
+    num_buckets : int >= 1
+        Number of rows of the table.
+    seed : int in [0, 2**32)
+
+    Returns
+    -------
+    ndarray of int64 with the shape of ``keys``, values in ``[0, num_buckets)``; an int for a
+    single key.
+
+    Raises
+    ------
+    TypeError, UnicodeEncodeError
+        As :func:`murmur3_32`.
+    ValueError
+        ``num_buckets < 1`` or ``seed`` outside [0, 2**32).
+    """
+    num_buckets = _check_count(num_buckets, "num_buckets")
+    seed = _check_seed(seed)
+    prepared, single = _as_keys(keys, allow_ints=True)
+    out = _core.hash_buckets(prepared, num_buckets, seed)
+    return int(out[0]) if single else out
+
+
+def _is_documents(tokens: Any) -> bool:
+    if not isinstance(tokens, (list, tuple)) or len(tokens) == 0:
+        return False
+    first = tokens[0]
+    return not isinstance(first, (str, bytes)) and hasattr(first, "__iter__")
+
+
+def feature_hash(
+    tokens: Any, n_features: int = 2**20, *, alternate_sign: bool = True
+) -> Union[Tuple[NDArray[np.int64], NDArray[np.float32]], Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]]:
+    """Column and sign of each token, bit-identical to scikit-learn's
+    ``FeatureHasher(n_features, input_type="string", alternate_sign=...)``.
+
+    Per token, ``h = murmur3_32(token, 0, signed=True)``; the column is ``abs(h) % n_features``
+    (``h = -2**31`` gives ``2**31 % n_features``, as in scikit-learn) and the sign is -1 where
+    ``h < 0`` when ``alternate_sign``, else +1. scikit-learn then adds up the values of repeated
+    columns in a document; here each token keeps its own entry, ready for
+    ``gather_bags(table, indices, offsets, weights=signs)``.
+
+    Parameters
+    ----------
+    tokens : list of str / bytes, numpy 'U' / 'S' array, or list of documents
+        A flat sequence of tokens, or a list of documents (each a list or tuple of str / bytes).
+    n_features : int >= 1
+    alternate_sign : bool
+
+    Returns
+    -------
+    indices : ndarray of int64, the columns (shape of ``tokens`` when flat, else all tokens in order)
+    signs : ndarray of float32, +1.0 or -1.0 per token (use ``signs.astype(table.dtype)`` for a
+        float64 table)
+    offsets : ndarray of int64, ``(num_documents + 1,)``
+        Only for a list of documents: document ``d`` holds ``indices[offsets[d]:offsets[d + 1]]``.
+
+    Raises
+    ------
+    TypeError
+        Tokens that are not str / bytes (position named), integer or float arrays.
+    UnicodeEncodeError
+        A str holding a lone surrogate.
+    ValueError
+        ``n_features < 1``.
+    """
+    n_features = _check_count(n_features, "n_features")
+    if isinstance(tokens, (str, bytes)):
+        raise TypeError("tokens must be a list of str / bytes (or of documents), got a single " + type(tokens).__name__)
+    documents = _is_documents(tokens)
+    if not documents and not isinstance(tokens, (np.ndarray, list, tuple)):
+        tokens, _ = _as_keys(tokens, allow_ints=False)
+        documents = _is_documents(tokens)
+    return tuple(_core.feature_hash(tokens, n_features, bool(alternate_sign), documents))  # type: ignore[return-value]
+
+
+def fasttext_hash(strings: Any) -> Union[NDArray[np.uint32], int]:
+    """fastText's dictionary hash: 32-bit FNV-1a over the UTF-8 bytes, each byte sign-extended
+    (``uint32_t(int8_t(c))``) exactly as fastText's ``Dictionary::hash`` does.
+
+    For non-ASCII text this differs from textbook FNV-1a; it is what fastText uses to place words
+    and character n-grams in its buckets.
+
+    Parameters
+    ----------
+    strings : list of str / bytes, numpy 'U' / 'S' array, or a single str / bytes
+
+    Returns
+    -------
+    ndarray of uint32 with the shape of ``strings``, or an int for a single string.
+
+    Raises
+    ------
+    TypeError, UnicodeEncodeError
+        As :func:`murmur3_32` (integer arrays are refused).
+    """
+    prepared, single = _as_keys(strings, allow_ints=False)
+    out = _core.fasttext_hash(prepared)
+    return int(out[0]) if single else out
+
+
+def subword_ngrams(
+    words: Any, *, minn: int = 3, maxn: int = 6, bucket: int = 2_000_000, offset: int = 0
+) -> Tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """fastText's character n-gram ids of each word (``Dictionary::computeSubwords``), as CSR.
+
+    Each word is wrapped as ``"<" + word + ">"``; every n-gram of ``minn <= n <= maxn``
+    characters (UTF-8 characters: a multi-byte character is never split) gets the id
+    ``offset + fasttext_hash(ngram) % bucket``, in fastText's order (by start, then by length).
+    As in fastText, a 1-character n-gram at the start ("<") or the end (">") is skipped. With
+    ``offset`` = the number of words in a fastText model's dictionary, the ids are the rows of its
+    input matrix that ``model.get_subwords(word)`` reports (without the word's own id).
+
+    Parameters
+    ----------
+    words : list of str / bytes, numpy 'U' / 'S' array (flattened), or a single str / bytes
+    minn, maxn : int, 1 <= minn <= maxn
+    bucket : int >= 1
+    offset : int >= 0
+
+    Returns
+    -------
+    ids : ndarray of int64, the n-gram ids of all words in order
+    offsets : ndarray of int64, ``(len(words) + 1,)``; word ``i`` has ``ids[offsets[i]:offsets[i + 1]]``,
+        ready for ``gather_bags(table, ids, offsets)``.
+
+    Raises
+    ------
+    TypeError, UnicodeEncodeError
+        As :func:`fasttext_hash`.
+    ValueError
+        ``minn < 1``, ``minn > maxn``, ``bucket < 1`` or ``offset < 0``.
+    """
+    minn = operator.index(minn)
+    maxn = operator.index(maxn)
+    if minn < 1:
+        raise ValueError(f"minn must be >= 1, got {minn}")
+    if minn > maxn:
+        raise ValueError(f"maxn must be >= minn, got minn={minn}, maxn={maxn}")
+    minn, maxn = min(minn, 2**30), min(maxn, 2**30)  # no word is that long; keeps them C ints
+    bucket = _check_count(bucket, "bucket")
+    offset = operator.index(offset)
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    if offset + bucket > 2**63 - 1:
+        raise ValueError(f"offset + bucket must fit in int64, got offset={offset}")
+    prepared, _ = _as_keys(words, allow_ints=False)
+    if isinstance(prepared, np.ndarray) and prepared.ndim != 1:
+        prepared = prepared.reshape(-1)
+    ids, offsets = _core.subword_ngrams(prepared, minn, maxn, bucket, offset)
+    return ids, offsets
