@@ -105,7 +105,11 @@ def bce(p: np.ndarray, y: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def progress(epoch: int, epochs: int, done: int, total: int, loss: float, started: float) -> None:
+def progress(epoch: int, epochs: int, done: int, total: int, loss: float, started: float, batch: int) -> None:
+    """A one-line progress bar on stderr, redrawn about 20 times per epoch."""
+    step = max(batch, total // 20)
+    if done != total and (done // step) == ((done - batch) // step):
+        return
     width = 30
     filled = int(width * done / max(total, 1))
     bar = "#" * filled + "." * (width - filled)
@@ -145,7 +149,7 @@ def train_flatten(train: Tuple[List[List[str]], np.ndarray], test: Tuple[List[Li
             grad_flat = dense.backward(flat, ((p - y) / len(idx)).astype(np.float32))
             embedding.backward(grad_flat.reshape(emb.shape))
             opt.step()
-            progress(epoch, epochs, min(start + batch, len(order)), len(order), float(np.mean(losses)), started)
+            progress(epoch, epochs, min(start + batch, len(order)), len(order), float(np.mean(losses)), started, batch)
     embedding.eval()
     p = dense.forward(embedding.forward(x_test).reshape(len(x_test), -1))
     return float(np.mean((p > 0.5) == (test[1] > 0.5)))
@@ -171,7 +175,7 @@ def train_bag(train: Tuple[List[List[str]], np.ndarray], test: Tuple[List[List[s
             losses.append(bce(p, y))
             layer.backward(dense.backward(h, ((p - y) / len(idx)).astype(np.float32)))
             opt.step()
-            progress(epoch, epochs, min(start + batch, len(order)), len(order), float(np.mean(losses)), started)
+            progress(epoch, epochs, min(start + batch, len(order)), len(order), float(np.mean(losses)), started, batch)
     layer.eval()
     p = dense.forward(layer.forward([doc if doc else ["<empty>"] for doc in test[0]]))
     return float(np.mean((p > 0.5) == (test[1] > 0.5)))

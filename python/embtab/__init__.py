@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os as _os
 
-from . import _core, optim
+from . import _core, layers, optim
 from ._checkpoint import CheckpointError, load, save
+from .layers import Embedding, EmbeddingBag, HashEmbedding, SubwordEmbedding
 from ._hashing import fasttext_hash, feature_hash, hash_buckets, murmur3_32, murmur3_128, subword_ngrams
 from ._lookup import gather, gather_bags
 from ._runtime import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
@@ -25,6 +26,10 @@ if _os.environ.get("EMBTAB_SIMD"):
 
 __all__ = [
     "CheckpointError",
+    "Embedding",
+    "EmbeddingBag",
+    "HashEmbedding",
+    "SubwordEmbedding",
     "__version__",
     "available_simd_paths",
     "coalesce",
@@ -35,6 +40,7 @@ __all__ = [
     "gather_bags_grad",
     "get_num_threads",
     "hash_buckets",
+    "layers",
     "load",
     "most_similar",
     "murmur3_128",

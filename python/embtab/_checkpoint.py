@@ -226,6 +226,7 @@ def load(path: "os.PathLike[str] | str", *, mmap: bool = False, verify: bool = T
                               f"version {manifest.get('version')!r}")
     result: Dict[str, Any] = {}
     loaded: Dict[str, np.ndarray] = {}  # "name" or "name.key" -> array, for shared arrays
+    owners: Dict[int, Any] = {}  # id(array) -> the loaded object holding it (a layer)
     entries = manifest["entries"]
     order = sorted(entries, key=lambda n: 0 if entries[n]["kind"] == "array" else 1 + int(entries[n].get("order", 1)))
     for name in order:
@@ -245,9 +246,12 @@ def load(path: "os.PathLike[str] | str", *, mmap: bool = False, verify: bool = T
                 else:
                     arrays[key] = loaded[f"{name}.{key}"] = _read_array(directory, info, mmap, verify)
             result[name] = obj = cls._from_checkpoint(entry["config"], arrays)
+            if hasattr(obj, "_bind_owner"):
+                obj._bind_owner(owners.get(id(arrays.get("table"))))
             # What the object holds (a layer's weight) is what later references must share.
-            for key, arr in getattr(obj, "_checkpoint_state", lambda: ({}, {}))()[1].items():
+            for key, arr in obj._checkpoint_state()[1].items():
                 loaded[f"{name}.{key}"] = arr
+                owners.setdefault(id(arr), obj)
         else:
             raise CheckpointError(f"{name}: unknown entry kind {entry['kind']!r}")
     return {name: result[name] for name in entries}

@@ -31,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _core
 from ._arrays import as_ids, as_values
+from ._checkpoint import register_checkpointable
 from ._lookup import PoolMode, gather_bags
 
 __all__ = ["SGD", "Adagrad", "RowWiseAdagrad", "Adam"]
@@ -63,11 +64,44 @@ class _SparseOptimizer:
     """Shared driver: validation of the arguments, the step count, the calls into the kernels."""
 
     _kind = ""
+    _checkpoint_order = 1  # saved after the layers whose tables it updates
 
-    def __init__(self, table: NDArray[np.floating], lr: float) -> None:
+    def __init__(self, table: Any, lr: float) -> None:
+        # A layer (embtab.layers) may stand for its table: step() then applies layer.grad.
+        self.layer: Any = None
+        if not isinstance(table, np.ndarray) and hasattr(table, "weight") and hasattr(table, "backward"):
+            self.layer, table = table, table.weight
         self.table: NDArray[np.floating] = _check_table(table)
         self.lr = _hyper("lr", lr)
         self.state: Dict[str, Any] = {}
+
+    # Checkpoints (embtab.save / embtab.load): hyperparameters and scalar state in the manifest,
+    # state arrays as files, the table shared with the layer or array saved beside it.
+    def _checkpoint_state(self) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+        hyper = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()
+                 if k not in ("table", "layer", "state") and isinstance(v, (int, float, tuple))}
+        scalars = {k: v for k, v in self.state.items() if not isinstance(v, np.ndarray)}
+        arrays = {f"state.{k}": v for k, v in self.state.items() if isinstance(v, np.ndarray)}
+        arrays["table"] = self.layer.weight if self.layer is not None else self.table
+        return {"hyper": hyper, "scalars": scalars}, arrays
+
+    @classmethod
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> "_SparseOptimizer":
+        opt = cls.__new__(cls)
+        opt.layer = None
+        opt.table = arrays["table"]
+        for key, value in config["hyper"].items():
+            setattr(opt, key, tuple(value) if isinstance(value, list) else value)
+        opt.state = dict(config["scalars"])
+        for key, value in arrays.items():
+            if key.startswith("state."):
+                opt.state[key[len("state."):]] = value
+        return opt
+
+    def _bind_owner(self, owner: Any) -> None:
+        """After loading: the layer whose weight is this optimizer's table, if any."""
+        if owner is not None and hasattr(owner, "backward"):
+            self.layer = owner
 
     # Subclasses: the two state arrays the kernel updates, and the hyperparameters of step number
     # `step` (1-based, the step about to be taken).
@@ -84,8 +118,11 @@ class _SparseOptimizer:
         if "step" in self.state:
             self.state["step"] = step
 
-    def step(self, ids: ArrayLike, grads: ArrayLike) -> None:
+    def step(self, ids: Optional[ArrayLike] = None, grads: Optional[ArrayLike] = None) -> None:
         """Apply one update from the sparse gradient ``(ids, grads)``.
+
+        Without arguments, applies the gradient that the layer given to the constructor stored in
+        ``layer.grad`` during its ``backward()`` (RuntimeError if there is none).
 
         Parameters
         ----------
@@ -104,6 +141,14 @@ class _SparseOptimizer:
         ValueError
             ``grads`` of the wrong shape; the table became read-only.
         """
+        if ids is None and grads is None:
+            if self.layer is None:
+                raise TypeError("step() needs ids and grads (or build the optimizer from a layer)")
+            if self.layer.grad is None:
+                raise RuntimeError(f"step() without a gradient: call {type(self.layer).__name__}.backward() first")
+            ids, grads = self.layer.grad
+        elif ids is None or grads is None:
+            raise TypeError("step() takes both ids and grads, or neither")
         step = self._next_step()
         s1, s2 = self._state_arrays()
         _core.optim_step(self._kind, self.table, s1, s2, as_ids(ids), as_values(grads, self.table), **self._params(step))
@@ -162,6 +207,7 @@ class _SparseOptimizer:
         return f"{type(self).__name__}(table of shape {table.shape} {table.dtype}, lr={self.lr})"
 
 
+@register_checkpointable
 class SGD(_SparseOptimizer):
     """Plain SGD on sparse gradients: ``row += (-lr) * g`` for each row of the batch.
 
@@ -179,6 +225,7 @@ class SGD(_SparseOptimizer):
     _kind = "sgd"
 
 
+@register_checkpointable
 class Adagrad(_SparseOptimizer):
     """Adagrad on sparse gradients, as ``torch.optim.Adagrad`` with a sparse gradient.
 
@@ -228,6 +275,7 @@ class Adagrad(_SparseOptimizer):
         return {"lr": lr / (1 + (step - 1) * _hyper("lr_decay", self.lr_decay)), "eps": _hyper("eps", self.eps)}
 
 
+@register_checkpointable
 class RowWiseAdagrad(_SparseOptimizer):
     """Row-wise Adagrad (FBGEMM's ``EXACT_ROWWISE_ADAGRAD``): one accumulator per row.
 
@@ -277,6 +325,7 @@ class RowWiseAdagrad(_SparseOptimizer):
         }
 
 
+@register_checkpointable
 class Adam(_SparseOptimizer):
     """Lazy Adam with the semantics of ``torch.optim.SparseAdam``.
 
