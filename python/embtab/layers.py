@@ -63,9 +63,9 @@ def _csr_filter(ids: NDArray[np.integer], offsets: NDArray[np.int64], keep: NDAr
 
 def _bags_csr(ids: Any, offsets: Any) -> Tuple[NDArray[np.integer], NDArray[np.int64]]:
     """Flat ids and int64 CSR offsets, from 2-D ids (fixed-length bags) or 1-D ids + offsets."""
-    ids = as_ids(ids)
-    if not isinstance(ids, np.ndarray):
-        ids = np.asarray(ids)
+    ids = np.asarray(as_ids(ids))
+    if ids.dtype not in (np.int32, np.int64):
+        raise TypeError(f"ids must be an integer array of dtype int32 or int64, got {ids.dtype}")
     if offsets is None:
         if ids.ndim != 2:
             raise ValueError(f"ids must be 2-D (num_bags, bag_len) without offsets, got shape {ids.shape}")
@@ -73,8 +73,10 @@ def _bags_csr(ids: Any, offsets: Any) -> Tuple[NDArray[np.integer], NDArray[np.i
         return ids.reshape(-1), np.arange(0, (num_bags + 1) * bag_len, max(bag_len, 1), dtype=np.int64)[: num_bags + 1] if bag_len else np.zeros(num_bags + 1, np.int64)
     if ids.ndim != 1:
         raise ValueError(f"ids must be 1-D with offsets, got shape {ids.shape}")
-    offsets = as_ids(offsets)
-    return ids, np.asarray(offsets).astype(np.int64, copy=False)
+    offsets = np.asarray(as_ids(offsets))
+    if offsets.dtype not in (np.int32, np.int64):
+        raise TypeError(f"offsets must be an integer array of dtype int32 or int64, got {offsets.dtype}")
+    return ids, offsets.astype(np.int64, copy=False)
 
 
 class _TableLayer:
