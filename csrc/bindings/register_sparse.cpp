@@ -12,6 +12,7 @@
 #include "bindings/validate.hpp"
 #include "kernels/lookup.hpp"
 #include "kernels/sparse.hpp"
+#include "kernels/write_region.hpp"
 
 namespace embtab {
 namespace bind {
@@ -123,6 +124,7 @@ void scatter_add(const py::handle& target_obj, const py::handle& ids_obj, const 
       const I* ids_ptr = cdata<I>(ids.array);
       const T* values_ptr = cdata<T>(values);
       py::gil_scoped_release release;  // only raw pointers from here on
+      const WriteRegion exclusive(target_ptr, static_cast<std::size_t>(num_rows * dim) * sizeof(T));
       return sparse_kernels().scatter<T, I>().scatter_add(target_ptr, num_rows, dim, ids_ptr, ids.n, values_ptr);
     });
   });
@@ -351,7 +353,11 @@ template <class T>
 void apply_update(OptimTable& t, const SparsePlan& plan, const GradSource<T>& source, const Hyper& h) {
   const Update<T> update = make_update<T>(t, h);
   const SparseFns<T>& fns = sparse_kernels().get<T>();
+  void* table_ptr = t.table.mutable_data();
+  const std::size_t table_bytes = static_cast<std::size_t>(t.table.nbytes());
   py::gil_scoped_release release;
+  // One update of a table at a time (its optimizer state goes with it).
+  const WriteRegion exclusive(table_ptr, table_bytes);
   fns.reduce(plan, source, update);
 }
 
