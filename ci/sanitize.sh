@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds embtab with AddressSanitizer + UndefinedBehaviorSanitizer into its own virtual
-# environment and runs the whole test suite with the ASan runtime preloaded. Any report fails.
+# environment, runs the whole test suite with the ASan runtime preloaded, then each atheris fuzz
+# target for EMBTAB_FUZZ_SECONDS (default 15) seconds under the same runtime. Any report fails.
 #
 #   bash ci/sanitize.sh [extra pytest args]
 set -euo pipefail
@@ -10,7 +11,7 @@ venv=.venv-sanitize
 python3 -m venv "$venv"
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
-pip install -q ".[test]" \
+pip install -q ".[test,fuzz]" \
   --config-settings=cmake.define.EMBTAB_SANITIZE=ON \
   --config-settings=build-dir=build/sanitize
 
@@ -21,8 +22,8 @@ if [ ! -e "$libasan" ]; then
 fi
 export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-# Hypothesis is slow under ASan; the property tests still run, with fewer examples.
-export EMBTAB_SANITIZED=1
 # libstdc++ is preloaded too: ASan must see it at start-up to intercept C++ exceptions (python
 # itself does not link it).
-LD_PRELOAD="$libasan $(gcc -print-file-name=libstdc++.so)" python -m pytest -q -p no:cacheprovider "$@"
+preload="$libasan $(gcc -print-file-name=libstdc++.so)"
+LD_PRELOAD="$preload" python -m pytest -q -p no:cacheprovider "$@"
+LD_PRELOAD="$preload" bash fuzz/run.sh "${EMBTAB_FUZZ_SECONDS:-15}"
