@@ -254,7 +254,8 @@ int64_t plan(const I* ids, int64_t n, int64_t num_rows, const PlanBuffers& buf, 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Gradient sources: add the gradient of positions order[p0 .. p1) of row r into g (in order).
+// Gradient sources: write into g the sum of the gradients of positions order[p0 .. p1) (never
+// empty) of row r, in order.
 
 template <class T>
 struct ValuesSource {
@@ -266,10 +267,22 @@ struct ValuesSource {
   EMBTAB_INLINE void add(T* EMBTAB_RESTRICT g, int64_t, int64_t p0, int64_t p1, int64_t p_end) const {
     for (int64_t p = p0; p < p1; ++p) {
       if (p + ahead < p_end) prefetch_row(values + order[p + ahead] * dim, dim * int64_t(sizeof(T)));
-      row_add<D>(g, values + order[p] * dim, dim);
+      if (p == p0)
+        row_copy<D>(g, values + order[p] * dim, dim);
+      else
+        row_add<D>(g, values + order[p] * dim, dim);
     }
   }
 };
+
+// Positions come in row order, so their bags are random: prefetch the bag of a position 2 * ahead
+// positions on, and the gradient row of the one `ahead` positions on.
+EMBTAB_INLINE void prefetch_bag_rows(const int64_t* order, const int64_t* bag_of, const void* rows,
+                                     int64_t row_bytes, int64_t p, int64_t ahead, int64_t p_end) {
+  if (p + 2 * ahead < p_end) __builtin_prefetch(bag_of + order[p + 2 * ahead], 0, 3);
+  if (p + ahead < p_end)
+    prefetch_row(static_cast<const char*>(rows) + bag_of[order[p + ahead]] * row_bytes, row_bytes);
+}
 
 template <class T>
 struct BagsSource {
@@ -279,23 +292,33 @@ struct BagsSource {
   const int64_t* offsets;
   const T* weights;
   bool mean;
-  int64_t dim;
+  int64_t dim, ahead;
 
   template <int D>
-  EMBTAB_INLINE void add(T* EMBTAB_RESTRICT g, int64_t, int64_t p0, int64_t p1, int64_t) const {
+  EMBTAB_INLINE void add(T* EMBTAB_RESTRICT g, int64_t, int64_t p0, int64_t p1, int64_t p_end) const {
     const int64_t n = D > 0 ? D : dim;
     for (int64_t p = p0; p < p1; ++p) {
+      prefetch_bag(p, p_end);
       const int64_t pos = order[p];
       const int64_t b = bag_of[pos];
       const T* EMBTAB_RESTRICT src = grad_out + b * dim;
+      const bool first = p == p0;
       if (!mean) {
-        if (weights)
-          row_axpy<D>(g, src, weights[pos], dim);
-        else
-          row_add<D>(g, src, dim);
+        if (weights) {
+          if (first)
+            row_scale_copy<D>(g, src, weights[pos], dim);
+          else
+            row_axpy<D>(g, src, weights[pos], dim);
+        } else {
+          if (first)
+            row_copy<D>(g, src, dim);
+          else
+            row_add<D>(g, src, dim);
+        }
       } else {
         // As torch's embedding_bag backward: the bag's gradient divided by its length, then weighted.
         const T len = static_cast<T>(offsets[b + 1] - offsets[b]);
+        if (first) row_zero<D>(g, dim);
         if (weights) {
           const T w = weights[pos];
           for (int64_t j = 0; j < n; ++j) g[j] += (src[j] / len) * w;
@@ -305,6 +328,9 @@ struct BagsSource {
       }
     }
   }
+  EMBTAB_INLINE void prefetch_bag(int64_t p, int64_t p_end) const {
+    prefetch_bag_rows(order, bag_of, grad_out, dim * int64_t(sizeof(T)), p, ahead, p_end);
+  }
 };
 
 template <class T>
@@ -313,13 +339,16 @@ struct MaxSource {
   const int64_t* order;
   const int64_t* bag_of;
   const int64_t* argmax;
-  int64_t dim;
+  int64_t dim, ahead;
 
   template <int D>
-  EMBTAB_INLINE void add(T* EMBTAB_RESTRICT g, int64_t row, int64_t p0, int64_t p1, int64_t) const {
+  EMBTAB_INLINE void add(T* EMBTAB_RESTRICT g, int64_t row, int64_t p0, int64_t p1, int64_t p_end) const {
     const int64_t n = D > 0 ? D : dim;
+    row_zero<D>(g, dim);  // a row may win no element at all
     int64_t previous_bag = -1;
     for (int64_t p = p0; p < p1; ++p) {
+      prefetch_bag_rows(order, bag_of, grad_out, dim * int64_t(sizeof(T)), p, ahead, p_end);
+      prefetch_bag_rows(order, bag_of, argmax, dim * int64_t(sizeof(int64_t)), p, ahead, p_end);
       const int64_t b = bag_of[order[p]];
       // Positions come in order, so a row repeated inside one bag is seen consecutively: count it once.
       if (b == previous_bag) continue;
@@ -355,6 +384,7 @@ EMBTAB_INLINE T sum_of_squares(const T* EMBTAB_RESTRICT g, int64_t dim) {
 template <class T>
 struct StoreUpdate {
   static constexpr bool kStore = true;
+  static constexpr int kRows = 1;  // rows of num_rows x dim arrays touched per update (for prefetching)
   T* out;
   EMBTAB_INLINE T* row_buffer(int64_t k, int64_t dim, T*) const { return out + k * dim; }
   EMBTAB_INLINE void prefetch(int64_t, int64_t) const {}
@@ -365,6 +395,7 @@ struct StoreUpdate {
 template <class T>
 struct SgdUpdate {
   static constexpr bool kStore = false;
+  static constexpr int kRows = 1;
   EMBTAB_INLINE T* row_buffer(int64_t, int64_t, T* buf) const { return buf; }
   T* table;
   T neg_lr;
@@ -381,6 +412,7 @@ struct SgdUpdate {
 template <class T>
 struct AdagradUpdate {
   static constexpr bool kStore = false;
+  static constexpr int kRows = 2;
   EMBTAB_INLINE T* row_buffer(int64_t, int64_t, T* buf) const { return buf; }
   T* table;
   T* sum;
@@ -407,6 +439,7 @@ struct AdagradUpdate {
 template <class T>
 struct RowwiseAdagradUpdate {
   static constexpr bool kStore = false;
+  static constexpr int kRows = 1;
   EMBTAB_INLINE T* row_buffer(int64_t, int64_t, T* buf) const { return buf; }
   T* table;
   T* sum;  // one per row
@@ -433,6 +466,7 @@ struct RowwiseAdagradUpdate {
 template <class T>
 struct AdamUpdate {
   static constexpr bool kStore = false;
+  static constexpr int kRows = 3;
   EMBTAB_INLINE T* row_buffer(int64_t, int64_t, T* buf) const { return buf; }
   T* table;
   T* exp_avg;
@@ -470,11 +504,10 @@ void reduce_range(const SparsePlan& plan, const Source& source, const Upd& upd, 
                   T* buf) {
   const int64_t p_end = plan.seg[k1];
   const int64_t row_bytes = dim * int64_t(sizeof(T));
-  const int64_t ahead = prefetch_distance(row_bytes * (Upd::kStore ? 1 : 3));
+  const int64_t ahead = 2 * prefetch_distance(row_bytes * Upd::kRows);
   for (int64_t k = k0; k < k1; ++k) {
     if (k + ahead < k1) upd.prefetch(plan.rows[k + ahead], row_bytes);
     T* EMBTAB_RESTRICT g = upd.row_buffer(k, dim, buf);
-    row_zero<D>(g, dim);
     source.template add<D>(g, plan.rows[k], plan.seg[k], plan.seg[k + 1], p_end);
     upd.template apply<D>(plan.rows[k], g, dim);
   }
@@ -488,8 +521,11 @@ void reduce_with(const SparsePlan& plan, const Source& source, const Upd& upd, i
     const int64_t k0 = bag_chunk_begin(plan.seg, plan.num_unique, c, chunks);
     const int64_t k1 = bag_chunk_begin(plan.seg, plan.num_unique, c + 1, chunks);
     if (k0 >= k1) return;
-    Scratch<T> buf(Upd::kStore ? 0 : dim);
-    EMBTAB_DISPATCH_DIM(dim, reduce_range<D>(plan, source, upd, k0, k1, dim, buf.p));
+    // A cache-line aligned row for the summed gradient.
+    Scratch<T> buf(Upd::kStore ? 0 : dim + kCacheLine);
+    T* row = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(buf.p) + kCacheLine - 1) &
+                                  ~static_cast<std::uintptr_t>(kCacheLine - 1));
+    EMBTAB_DISPATCH_DIM(dim, reduce_range<D>(plan, source, upd, k0, k1, dim, row));
   });
 }
 
@@ -525,16 +561,17 @@ template <class T>
 void reduce(const SparsePlan& plan, const GradSource<T>& s, const Update<T>& u) {
   if (plan.num_unique <= 0) return;
   const int64_t dim = s.dim;
+  const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
   switch (s.kind) {
     case SourceKind::bags:
-      reduce_source(plan, BagsSource<T>{s.grad_out, plan.order, s.bag_of, s.offsets, s.weights, s.mean, dim}, u, dim);
+      reduce_source(plan, BagsSource<T>{s.grad_out, plan.order, s.bag_of, s.offsets, s.weights, s.mean, dim, ahead}, u,
+                    dim);
       break;
     case SourceKind::bags_max:
-      reduce_source(plan, MaxSource<T>{s.grad_out, plan.order, s.bag_of, s.argmax, dim}, u, dim);
+      reduce_source(plan, MaxSource<T>{s.grad_out, plan.order, s.bag_of, s.argmax, dim, ahead}, u, dim);
       break;
     default:
-      reduce_source(plan, ValuesSource<T>{s.values, plan.order, dim, prefetch_distance(dim * int64_t(sizeof(T)))}, u,
-                    dim);
+      reduce_source(plan, ValuesSource<T>{s.values, plan.order, dim, ahead}, u, dim);
       break;
   }
 }
