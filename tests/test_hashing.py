@@ -523,6 +523,43 @@ def test_results_identical_for_every_path_and_thread_count(each_path_and_threads
             np.testing.assert_array_equal(a, b)
 
 
+class Text(str):
+    """A str subclass: not gathered by the fast path, hashed as its text all the same."""
+
+
+def test_large_mixed_lists(num_threads: int) -> None:
+    # Many chunks of gathering, each with keys the pool threads copy (short ASCII str, bytes) and
+    # keys left to the calling thread (non-ASCII text, str subclasses, strings over 64 bytes).
+    rng = np.random.default_rng(14)
+    words = mixed_words(rng, 30_000)
+    keys: List[Any] = list(words)
+    for i in range(0, len(keys), 7):
+        keys[i] = keys[i].encode()
+    for i in range(3, len(keys), 11):
+        keys[i] = Text(words[i])
+    for i in range(5, len(keys), 13):
+        keys[i] = words[i] * 20
+    plain = [k.encode() if isinstance(k, str) else k for k in keys]
+    expected = np.array([embtab.murmur3_32(k, 5) for k in plain[:2000]], dtype=np.uint32)
+    out = embtab.murmur3_32(keys, 5)
+    np.testing.assert_array_equal(out[:2000], expected)
+    np.testing.assert_array_equal(out, embtab.murmur3_32(plain, 5))
+    np.testing.assert_array_equal(embtab.murmur3_32(tuple(keys), 5), out)
+    docs = [keys[i : i + 37] for i in range(0, len(keys), 37)]
+    np.testing.assert_array_equal(embtab.feature_hash(docs, 1000)[0], embtab.feature_hash(plain, 1000)[0])
+    # The first bad key is reported, wherever the chunks split.
+    bad = list(words)
+    bad[25_000] = "\ud800"
+    bad[21_000] = 3.5
+    with pytest.raises(TypeError, match=r"keys\[21000\] must be str or bytes, got float"):
+        embtab.murmur3_32(bad)
+    bad[21_000] = "fine"
+    with pytest.raises(UnicodeEncodeError, match=r"keys\[25000\]"):
+        embtab.murmur3_32(bad)
+    with pytest.raises(TypeError, match=r"tokens\[3\]\[2\] must be str or bytes, got NoneType"):
+        embtab.feature_hash([words[:9000]] * 3 + [["a", "b", None]] + [words[:9000]])
+
+
 def test_concurrent_calls_from_python_threads() -> None:
     rng = np.random.default_rng(12)
     lists = [mixed_words(rng, 20_000) for _ in range(4)]
