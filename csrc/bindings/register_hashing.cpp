@@ -41,7 +41,7 @@ inline void copy_short(char* dst, const char* src, std::size_t len) {
 class Arena {
  public:
   static constexpr std::size_t kBlockBytes = std::size_t(1) << 20;
-  static constexpr std::size_t kSlack = 8;
+  static constexpr std::size_t kSlack = static_cast<std::size_t>(kSpanPadding);
 
   // A write position with at least `room` free bytes (room <= kBlockBytes): the caller copies
   // strings there and hands back the position it reached with release().
@@ -448,21 +448,23 @@ Keys collect_documents(const py::handle& docs_obj, std::vector<std::int64_t>& of
   const py::object docs = as_fast_sequence(docs_obj);
   const Py_ssize_t num_docs = PySequence_Fast_GET_SIZE(docs.ptr());
   std::vector<py::object> doc_items;  // holds what PySequence_Fast made until the tokens are gathered
-  doc_items.reserve(static_cast<std::size_t>(num_docs));
   offsets.assign(1, 0);
   offsets.reserve(static_cast<std::size_t>(num_docs) + 1);
   for (Py_ssize_t d = 0; d < num_docs; ++d) {
     PyObject* doc = PySequence_Fast_ITEMS(docs.ptr())[d];
-    const auto doc_name = [d] { return "tokens[" + std::to_string(d) + "]"; };
-    if (PyUnicode_Check(doc) || PyBytes_Check(doc))
-      throw py::type_error(doc_name() + " is a " + type_name(doc) +
-                           ", but tokens is a list of documents (each a list of str / bytes)");
-    PyObject* fast = PySequence_Fast(doc, "");
-    if (!fast) {
-      PyErr_Clear();
-      throw py::type_error(doc_name() + " must be a list of str / bytes (a document), got " + type_name(doc));
+    PyObject* fast = doc;  // a list or tuple is read in place (`docs` keeps it alive)
+    if (!PyList_CheckExact(doc) && !PyTuple_CheckExact(doc)) {
+      const auto doc_name = [d] { return "tokens[" + std::to_string(d) + "]"; };
+      if (PyUnicode_Check(doc) || PyBytes_Check(doc))
+        throw py::type_error(doc_name() + " is a " + type_name(doc) +
+                             ", but tokens is a list of documents (each a list of str / bytes)");
+      fast = PySequence_Fast(doc, "");
+      if (!fast) {
+        PyErr_Clear();
+        throw py::type_error(doc_name() + " must be a list of str / bytes (a document), got " + type_name(doc));
+      }
+      doc_items.push_back(py::reinterpret_steal<py::object>(fast));
     }
-    doc_items.push_back(py::reinterpret_steal<py::object>(fast));
     PyObject** tokens = PySequence_Fast_ITEMS(fast);
     flat.insert(flat.end(), tokens, tokens + PySequence_Fast_GET_SIZE(fast));
     offsets.push_back(static_cast<std::int64_t>(flat.size()));
