@@ -1,5 +1,6 @@
 // murmur3_32 / murmur3_128 / hash_buckets / feature_hash / fasttext_hash / subword_ngrams:
-// collecting the keys (with the GIL), then hashing them in parallel without it.
+// gathering the keys while holding the GIL (plain str / bytes on the pool threads, everything else
+// on the calling thread), then hashing them in parallel without it.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -149,6 +150,7 @@ struct Keys {
     if (!strings) strings = t_spare_buffers ? std::move(t_spare_buffers) : std::make_unique<StringBuffers>();
     return strings->spans;
   }
+  static_assert(kCopyBytes >= kPaddedSpanMax, "short spans must all be padded copies");
   void finish_spans() {
     const SpanBuffer& s = spans();
     // Every span of up to kCopyBytes (>= kPaddedSpanMax) bytes is a copy in the arena.
