@@ -4,6 +4,7 @@ libraries (mmh3, scikit-learn, fasttext) when installed."""
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import threading
@@ -428,13 +429,18 @@ def test_fasttext_hash_matches_reference(each_path_and_threads: tuple) -> None:
     np.testing.assert_array_equal(embtab.fasttext_hash(raw), [fnv1a_fasttext(b) for b in raw])
 
 
+@functools.lru_cache(maxsize=None)
+def subword_case(minn: int, maxn: int) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """Words and their reference ids (bucket 2,000,000, offset 17), computed once per (minn, maxn)."""
+    words = mixed_words(np.random.default_rng(minn * 10 + maxn), 5000)
+    return (words, *subword_reference([w.encode() for w in words], minn, maxn, 2_000_000, 17))
+
+
 @pytest.mark.parametrize("minn,maxn", [(3, 6), (1, 2), (1, 1), (2, 4), (5, 5), (1, 8)])
 def test_subword_ngrams_match_reference(minn: int, maxn: int, each_path_and_threads: tuple) -> None:
-    rng = np.random.default_rng(minn * 10 + maxn)
-    words = mixed_words(rng, 5000)
+    words, exp_ids, exp_offsets = subword_case(minn, maxn)
     bucket, offset = 2_000_000, 17
     ids, offsets = embtab.subword_ngrams(words, minn=minn, maxn=maxn, bucket=bucket, offset=offset)
-    exp_ids, exp_offsets = subword_reference([w.encode() for w in words], minn, maxn, bucket, offset)
     np.testing.assert_array_equal(offsets, exp_offsets)
     np.testing.assert_array_equal(ids, exp_ids)
     unicode_ids, unicode_offsets = embtab.subword_ngrams(np.array(words), minn=minn, maxn=maxn, bucket=bucket, offset=offset)
