@@ -307,6 +307,14 @@ def test_string_array_shapes_and_padding() -> None:
     np.testing.assert_array_equal(embtab.murmur3_32(padded), embtab.murmur3_32([b"ab", b"a\x00b", b"ab"]))
     unicode = np.array(["ab", "a\x00b", "ab\x00"], dtype="U6")
     np.testing.assert_array_equal(embtab.murmur3_32(unicode), embtab.murmur3_32(["ab", "a\x00b", "ab"]))
+    # Long runs of NULs inside a value stay; the padding after it goes (also for code points
+    # whose UCS-4 bytes end in zeros, such as U+0100 and U+10000).
+    wide = np.array([b"ab" + b"\x00" * 9 + b"c", b"\x00" * 10 + b"z", b"", b"q"], dtype="S24")
+    np.testing.assert_array_equal(embtab.murmur3_32(wide), embtab.murmur3_32([b"ab" + b"\x00" * 9 + b"c", b"\x00" * 10 + b"z", b"", b"q"]))
+    texts = ["a" + "\x00" * 9 + "\u0100", "\U00010000", "x\u0100", "", "\x00" * 5 + "y"]
+    np.testing.assert_array_equal(embtab.murmur3_32(np.array(texts, dtype="U30")), embtab.murmur3_32(texts))
+    np.testing.assert_array_equal(embtab.subword_ngrams(np.array(texts, dtype="U30"), minn=1, maxn=4)[0],
+                                  embtab.subword_ngrams(texts, minn=1, maxn=4)[0])
     # Non-contiguous and read-only inputs.
     strided = np.array(["w%d" % i for i in range(40)])[::3]
     strided.flags.writeable = False

@@ -233,6 +233,21 @@ EMBTAB_INLINE int64_t ucs4_to_utf8(const unsigned char* src, int64_t count, char
   return reinterpret_cast<char*>(o) - out;
 }
 
+// Bytes of a numpy 'S' element (or 'U' element's UCS-4 data) without its trailing NULs, skipping
+// them 8 at a time (fixed-width elements are often mostly padding).
+EMBTAB_INLINE int64_t value_bytes(const char* p, int64_t width) {
+  int64_t len = width;
+  for (;;) {
+    if (len < 8) break;
+    uint64_t last;
+    __builtin_memcpy(&last, p + len - 8, 8);
+    if (last != 0) break;
+    len -= 8;
+  }
+  while (len > 0 && p[len - 1] == 0) --len;
+  return len;
+}
+
 // dst[0:len] = src[0:len] for short strings, without a call to memcpy (constant-size copies are
 // single moves).
 EMBTAB_INLINE void copy_bytes(char* EMBTAB_RESTRICT dst, const char* EMBTAB_RESTRICT src, int64_t len) {
@@ -270,8 +285,7 @@ void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch&
       char* buf = Wrap ? scratch.get(keys.width + 2) : nullptr;
       for (int64_t i = begin; i < end; ++i) {
         const char* p = base + i * keys.width;
-        int64_t len = keys.width;
-        while (len > 0 && p[len - 1] == 0) --len;
+        const int64_t len = value_bytes(p, keys.width);
         if (Wrap) {
           buf[0] = '<';
           copy_bytes(buf + 1, p, len);
@@ -288,13 +302,8 @@ void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch&
       char* buf = scratch.get(4 * keys.width + pad);
       for (int64_t i = begin; i < end; ++i) {
         const unsigned char* p = base + 4 * i * keys.width;
-        int64_t count = keys.width;
-        while (count > 0) {
-          uint32_t last;
-          __builtin_memcpy(&last, p + 4 * (count - 1), 4);
-          if (last != 0) break;
-          --count;
-        }
+        // Code points up to the last one that is not NUL (its other bytes may be 0).
+        const int64_t count = (value_bytes(reinterpret_cast<const char*>(p), 4 * keys.width) + 3) / 4;
         const int64_t len = ucs4_to_utf8(p, count, buf + (Wrap ? 1 : 0));
         if (len < 0) {
           atomic_min(first_bad, i);
