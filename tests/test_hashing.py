@@ -353,6 +353,14 @@ def test_integer_arrays_hash_their_little_endian_bytes(dtype: str, simd_path: st
     np.testing.assert_array_equal(embtab.murmur3_32(grid).ravel(), embtab.murmur3_32(np.ascontiguousarray(grid).ravel()))
 
 
+def test_unaligned_integer_arrays() -> None:
+    buffer = np.zeros(8 * 1000 + 1, dtype=np.uint8)
+    unaligned = buffer[1:].view(np.int64)
+    unaligned[:] = np.arange(1000) * 7919
+    assert not unaligned.flags.aligned
+    np.testing.assert_array_equal(embtab.murmur3_32(unaligned), embtab.murmur3_32(np.arange(1000) * 7919))
+
+
 def test_int64_keys_match_mmh3() -> None:
     mmh3 = pytest.importorskip("mmh3")
     keys = np.array([0, 1, -1, 2**40 + 3, -(2**63), 2**63 - 1], dtype=np.int64)

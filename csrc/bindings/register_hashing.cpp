@@ -354,9 +354,12 @@ Keys collect_keys(const py::handle& obj, const char* name, bool allow_ints) {
       throw py::type_error(std::string(name) + " must be " +
                            (allow_ints ? "an integer, bytes ('S') or str ('U') array" : "a bytes ('S') or str ('U') array") +
                            " or a list of str / bytes, got an array of dtype " + dtype_str(a));
-    // Native byte order and C order; no copy when the array already is.
+    // Native byte order, C order and aligned (the kernels load whole integers); no copy when the
+    // array already is.
     const py::dtype native = a.dtype().attr("newbyteorder")("=").cast<py::dtype>();
-    keys.array = py::module_::import("numpy").attr("ascontiguousarray")(a, native).cast<py::array>();
+    keys.array = py::module_::import("numpy")
+                     .attr("require")(a, native, py::make_tuple("C_CONTIGUOUS", "ALIGNED"))
+                     .cast<py::array>();
     const std::int64_t itemsize = keys.array.itemsize();
     if (kind == 'U')
       keys.source = KeySource{KeyKind::fixed_ucs4, n, itemsize / 4, keys.array.data(), nullptr, false};
