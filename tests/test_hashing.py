@@ -4,6 +4,7 @@ libraries (mmh3, scikit-learn, fasttext) when installed."""
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import threading
@@ -306,6 +307,14 @@ def test_string_array_shapes_and_padding() -> None:
     np.testing.assert_array_equal(embtab.murmur3_32(padded), embtab.murmur3_32([b"ab", b"a\x00b", b"ab"]))
     unicode = np.array(["ab", "a\x00b", "ab\x00"], dtype="U6")
     np.testing.assert_array_equal(embtab.murmur3_32(unicode), embtab.murmur3_32(["ab", "a\x00b", "ab"]))
+    # Long runs of NULs inside a value stay; the padding after it goes (also for code points
+    # whose UCS-4 bytes end in zeros, such as U+0100 and U+10000).
+    wide = np.array([b"ab" + b"\x00" * 9 + b"c", b"\x00" * 10 + b"z", b"", b"q"], dtype="S24")
+    np.testing.assert_array_equal(embtab.murmur3_32(wide), embtab.murmur3_32([b"ab" + b"\x00" * 9 + b"c", b"\x00" * 10 + b"z", b"", b"q"]))
+    texts = ["a" + "\x00" * 9 + "\u0100", "\U00010000", "x\u0100", "", "\x00" * 5 + "y"]
+    np.testing.assert_array_equal(embtab.murmur3_32(np.array(texts, dtype="U30")), embtab.murmur3_32(texts))
+    np.testing.assert_array_equal(embtab.subword_ngrams(np.array(texts, dtype="U30"), minn=1, maxn=4)[0],
+                                  embtab.subword_ngrams(texts, minn=1, maxn=4)[0])
     # Non-contiguous and read-only inputs.
     strided = np.array(["w%d" % i for i in range(40)])[::3]
     strided.flags.writeable = False
@@ -342,6 +351,14 @@ def test_integer_arrays_hash_their_little_endian_bytes(dtype: str, simd_path: st
     grid = keys[:300].reshape(10, 30)[:, ::2]  # non-contiguous 2-D
     assert embtab.murmur3_32(grid).shape == grid.shape
     np.testing.assert_array_equal(embtab.murmur3_32(grid).ravel(), embtab.murmur3_32(np.ascontiguousarray(grid).ravel()))
+
+
+def test_unaligned_integer_arrays() -> None:
+    buffer = np.zeros(8 * 1000 + 1, dtype=np.uint8)
+    unaligned = buffer[1:].view(np.int64)
+    unaligned[:] = np.arange(1000) * 7919
+    assert not unaligned.flags.aligned
+    np.testing.assert_array_equal(embtab.murmur3_32(unaligned), embtab.murmur3_32(np.arange(1000) * 7919))
 
 
 def test_int64_keys_match_mmh3() -> None:
@@ -428,13 +445,18 @@ def test_fasttext_hash_matches_reference(each_path_and_threads: tuple) -> None:
     np.testing.assert_array_equal(embtab.fasttext_hash(raw), [fnv1a_fasttext(b) for b in raw])
 
 
+@functools.lru_cache(maxsize=None)
+def subword_case(minn: int, maxn: int) -> Tuple[List[str], np.ndarray, np.ndarray]:
+    """Words and their reference ids (bucket 2,000,000, offset 17), computed once per (minn, maxn)."""
+    words = mixed_words(np.random.default_rng(minn * 10 + maxn), 5000)
+    return (words, *subword_reference([w.encode() for w in words], minn, maxn, 2_000_000, 17))
+
+
 @pytest.mark.parametrize("minn,maxn", [(3, 6), (1, 2), (1, 1), (2, 4), (5, 5), (1, 8)])
 def test_subword_ngrams_match_reference(minn: int, maxn: int, each_path_and_threads: tuple) -> None:
-    rng = np.random.default_rng(minn * 10 + maxn)
-    words = mixed_words(rng, 5000)
+    words, exp_ids, exp_offsets = subword_case(minn, maxn)
     bucket, offset = 2_000_000, 17
     ids, offsets = embtab.subword_ngrams(words, minn=minn, maxn=maxn, bucket=bucket, offset=offset)
-    exp_ids, exp_offsets = subword_reference([w.encode() for w in words], minn, maxn, bucket, offset)
     np.testing.assert_array_equal(offsets, exp_offsets)
     np.testing.assert_array_equal(ids, exp_ids)
     unicode_ids, unicode_offsets = embtab.subword_ngrams(np.array(words), minn=minn, maxn=maxn, bucket=bucket, offset=offset)
@@ -521,6 +543,43 @@ def test_results_identical_for_every_path_and_thread_count(each_path_and_threads
     else:
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a, b)
+
+
+class Text(str):
+    """A str subclass: not gathered by the fast path, hashed as its text all the same."""
+
+
+def test_large_mixed_lists(num_threads: int) -> None:
+    # Many chunks of gathering, each with keys the pool threads copy (short ASCII str, bytes) and
+    # keys left to the calling thread (non-ASCII text, str subclasses, strings over 64 bytes).
+    rng = np.random.default_rng(14)
+    words = mixed_words(rng, 30_000)
+    keys: List[Any] = list(words)
+    for i in range(0, len(keys), 7):
+        keys[i] = keys[i].encode()
+    for i in range(3, len(keys), 11):
+        keys[i] = Text(words[i])
+    for i in range(5, len(keys), 13):
+        keys[i] = words[i] * 20
+    plain = [k.encode() if isinstance(k, str) else k for k in keys]
+    expected = np.array([embtab.murmur3_32(k, 5) for k in plain[:2000]], dtype=np.uint32)
+    out = embtab.murmur3_32(keys, 5)
+    np.testing.assert_array_equal(out[:2000], expected)
+    np.testing.assert_array_equal(out, embtab.murmur3_32(plain, 5))
+    np.testing.assert_array_equal(embtab.murmur3_32(tuple(keys), 5), out)
+    docs = [keys[i : i + 37] for i in range(0, len(keys), 37)]
+    np.testing.assert_array_equal(embtab.feature_hash(docs, 1000)[0], embtab.feature_hash(plain, 1000)[0])
+    # The first bad key is reported, wherever the chunks split.
+    bad = list(words)
+    bad[25_000] = "\ud800"
+    bad[21_000] = 3.5
+    with pytest.raises(TypeError, match=r"keys\[21000\] must be str or bytes, got float"):
+        embtab.murmur3_32(bad)
+    bad[21_000] = "fine"
+    with pytest.raises(UnicodeEncodeError, match=r"keys\[25000\]"):
+        embtab.murmur3_32(bad)
+    with pytest.raises(TypeError, match=r"tokens\[3\]\[2\] must be str or bytes, got NoneType"):
+        embtab.feature_hash([words[:9000]] * 3 + [["a", "b", None]] + [words[:9000]])
 
 
 def test_concurrent_calls_from_python_threads() -> None:

@@ -1,5 +1,6 @@
 // murmur3_32 / murmur3_128 / hash_buckets / feature_hash / fasttext_hash / subword_ngrams:
-// collecting the keys (with the GIL), then hashing them in parallel without it.
+// gathering the keys while holding the GIL (plain str / bytes on the pool threads, everything else
+// on the calling thread), then hashing them in parallel without it.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -14,6 +15,7 @@
 #include "bindings/register.hpp"
 #include "bindings/validate.hpp"
 #include "kernels/hashing.hpp"
+#include "kernels/parallel.hpp"
 
 namespace embtab {
 namespace bind {
@@ -40,20 +42,25 @@ inline void copy_short(char* dst, const char* src, std::size_t len) {
 class Arena {
  public:
   static constexpr std::size_t kBlockBytes = std::size_t(1) << 20;
-  static constexpr std::size_t kSlack = 8;
+  static constexpr std::size_t kSlack = static_cast<std::size_t>(kSpanPadding);
 
-  // len <= kBlockBytes. Even an empty string gets a place (its padding may be read).
-  const char* copy(const char* p, std::size_t len) {
-    if (len > left_ || next_ == nullptr) {
+  // A write position with at least `room` free bytes (room <= kBlockBytes): the caller copies
+  // strings there and hands back the position it reached with release().
+  struct Cursor {
+    char* next;
+    std::size_t left;
+  };
+  Cursor acquire(std::size_t room) {
+    if (left_ < room || next_ == nullptr) {
       if (used_ == blocks_.size()) blocks_.emplace_back(new char[kBlockBytes + kSlack]());
       next_ = blocks_[used_++].get();
       left_ = kBlockBytes;
     }
-    char* dst = next_;
-    copy_short(dst, p, len);
-    next_ += len;
-    left_ -= len;
-    return dst;
+    return Cursor{next_, left_};
+  }
+  void release(const Cursor& c) {
+    next_ = c.next;
+    left_ = c.left;
   }
   void reset() {
     used_ = 0;
@@ -69,13 +76,51 @@ class Arena {
   std::size_t left_ = 0;
 };
 
+// A growable array of spans. Unlike std::vector it leaves new room uninitialised and takes
+// field-by-field writes (a StrSpan built on the stack and copied whole stalls on store forwarding).
+class SpanBuffer {
+ public:
+  std::size_t size() const { return size_; }
+  std::size_t capacity() const { return cap_; }
+  const StrSpan* data() const { return data_.get(); }
+  void clear() { size_ = 0; }
+  // Room for `more` spans after the current ones; returns where the next one goes.
+  StrSpan* reserve_more(std::size_t more) {
+    if (size_ + more > cap_) {
+      const std::size_t cap = std::max(size_ + more, 2 * cap_);
+      std::unique_ptr<StrSpan[]> grown(new StrSpan[cap]);
+      if (size_) std::memcpy(grown.get(), data_.get(), size_ * sizeof(StrSpan));
+      data_ = std::move(grown);
+      cap_ = cap;
+    }
+    return data_.get() + size_;
+  }
+  void commit(std::size_t added) { size_ += added; }
+
+ private:
+  std::unique_ptr<StrSpan[]> data_;
+  std::size_t size_ = 0, cap_ = 0;
+};
+
 // Where string keys are gathered. The buffers of the last call are kept for the next one on the
 // same thread (up to kKeepBytes): freshly allocated memory of this size comes from the OS, and
 // faulting its pages in costs more than hashing short keys.
 struct StringBuffers {
   static constexpr std::size_t kKeepBytes = std::size_t(64) << 20;
-  std::vector<StrSpan> spans;
-  Arena arena;
+  SpanBuffer spans;
+  std::vector<Arena> arenas;        // one per chunk of the parallel gathering
+  std::vector<PyObject*> flat;      // the tokens of documents, in order
+
+  void clear() {
+    spans.clear();
+    for (Arena& a : arenas) a.reset();
+    flat.clear();
+  }
+  std::size_t bytes() const {
+    std::size_t total = spans.capacity() * sizeof(StrSpan) + flat.capacity() * sizeof(PyObject*);
+    for (const Arena& a : arenas) total += a.bytes();
+    return total;
+  }
 };
 thread_local std::unique_ptr<StringBuffers> t_spare_buffers;
 
@@ -97,26 +142,17 @@ struct Keys {
   Keys& operator=(Keys&&) = delete;
   ~Keys() {
     if (!strings) return;
-    strings->spans.clear();
-    strings->arena.reset();
-    if (strings->spans.capacity() * sizeof(StrSpan) + strings->arena.bytes() <= StringBuffers::kKeepBytes)
-      t_spare_buffers = std::move(strings);
+    strings->clear();
+    if (strings->bytes() <= StringBuffers::kKeepBytes) t_spare_buffers = std::move(strings);
   }
 
-  std::vector<StrSpan>& spans() {
+  SpanBuffer& spans() {
     if (!strings) strings = t_spare_buffers ? std::move(t_spare_buffers) : std::make_unique<StringBuffers>();
     return strings->spans;
   }
-  void add(PyObject* owner, StrSpan span) {
-    if (span.len <= kCopyBytes) {
-      span.ptr = strings->arena.copy(span.ptr, static_cast<std::size_t>(span.len));
-    } else {
-      alive.push_back(py::reinterpret_borrow<py::object>(owner));
-    }
-    strings->spans.push_back(span);
-  }
+  static_assert(kCopyBytes >= kPaddedSpanMax, "short spans must all be padded copies");
   void finish_spans() {
-    const std::vector<StrSpan>& s = spans();
+    const SpanBuffer& s = spans();
     // Every span of up to kCopyBytes (>= kPaddedSpanMax) bytes is a copy in the arena.
     source = KeySource{KeyKind::spans, static_cast<std::int64_t>(s.size()), 0, nullptr, s.data(), true};
   }
@@ -137,19 +173,19 @@ std::string type_name(const py::handle& obj) { return py::str(py::type::of(obj).
   throw py::error_already_set();
 }
 
+// Compact ASCII text is its own UTF-8 (PyUnicode_AsUTF8AndSize returns the same bytes).
+inline bool is_compact_ascii(PyObject* item) {
+  if (!PyUnicode_CheckExact(item)) return false;
+#if PY_VERSION_HEX < 0x030C0000
+  if (!PyUnicode_IS_READY(item)) return false;
+#endif
+  return PyUnicode_IS_COMPACT_ASCII(item);
+}
+
 // The UTF-8 bytes of a str or the bytes of a bytes object; TypeError for anything else.
 // `where` is only built on error.
 template <class Where>
 StrSpan string_span(PyObject* item, const Where& where) {
-  if (PyUnicode_CheckExact(item)) {
-#if PY_VERSION_HEX < 0x030C0000
-    if (PyUnicode_IS_READY(item))
-#endif
-      // Compact ASCII text is its own UTF-8 (this is what PyUnicode_AsUTF8AndSize returns too).
-      if (PyUnicode_IS_COMPACT_ASCII(item))
-        return StrSpan{static_cast<const char*>(PyUnicode_DATA(item)),
-                       static_cast<std::int64_t>(PyUnicode_GET_LENGTH(item))};
-  }
   if (PyUnicode_Check(item)) {
     Py_ssize_t len = 0;
     const char* p = PyUnicode_AsUTF8AndSize(item, &len);  // cached in the str object
@@ -169,21 +205,112 @@ py::object as_fast_sequence(const py::handle& seq) {
   return py::reinterpret_steal<py::object>(s);
 }
 
-// Adds items[0:n]; position(i) names item i in an error message.
-template <class Position>
-void add_items(Keys& keys, PyObject* const* items, Py_ssize_t n, const Position& position) {
-  std::vector<StrSpan>& spans = keys.spans();
-  spans.reserve(spans.size() + static_cast<std::size_t>(n));
-  constexpr Py_ssize_t kAhead = 8;  // the str objects are scattered in memory: fetch them ahead
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    if (i + kAhead < n) __builtin_prefetch(items[i + kAhead]);
-    keys.add(items[i], string_span(items[i], [&] { return position(i); }));
+constexpr std::size_t kCopy = static_cast<std::size_t>(Keys::kCopyBytes);
+
+// Copies a short string to the cursor's block (refilled from `arena` when low) and returns where.
+inline const char* copy_to(Arena& arena, Arena::Cursor& cursor, const char* ptr, std::size_t len) {
+  if (cursor.left < kCopy) {
+    arena.release(cursor);
+    cursor = arena.acquire(kCopy);
   }
+  copy_short(cursor.next, ptr, len);
+  const char* at = cursor.next;
+  cursor.next += len;
+  cursor.left -= len;
+  return at;
+}
+
+// One chunk of the parallel gathering. It runs on pool threads while the calling thread holds the
+// GIL and waits, so no Python code runs and no object can change or go away meanwhile; the chunk
+// only reads the immutable fields of exact str (compact ASCII) and bytes objects and copies short
+// ones. Anything else (other types, non-ASCII text, which may need its UTF-8 created, and long
+// strings, which need a reference) is left to the calling thread, in order.
+struct GatherJob {
+  PyObject* const* items;
+  std::size_t n;
+  StrSpan* out;
+  std::vector<Arena>* arenas;
+  std::vector<std::vector<std::size_t>>* deferred;
+};
+
+void gather_chunk(void* ctx, std::size_t chunk, std::size_t num_chunks) {
+  GatherJob& job = *static_cast<GatherJob*>(ctx);
+  std::size_t begin, end;
+  chunk_range(job.n, chunk, num_chunks, begin, end);
+  Arena& arena = (*job.arenas)[chunk];
+  std::vector<std::size_t>& deferred = (*job.deferred)[chunk];
+  Arena::Cursor cursor = arena.acquire(kCopy);
+  PyObject* const* items = job.items;
+  StrSpan* out = job.out;
+  // The objects are scattered in memory: fetch them ahead, header and text (which can start on
+  // the next cache line).
+  constexpr std::size_t kAhead = 12;
+  for (std::size_t i = begin; i < end; ++i) {
+    if (i + kAhead < end) {
+      const char* ahead = reinterpret_cast<const char*>(items[i + kAhead]);
+      __builtin_prefetch(ahead);
+      __builtin_prefetch(ahead + 63);
+    }
+    PyObject* item = items[i];
+    const char* ptr;  // plain scalars rather than a StrSpan: they stay in registers
+    std::size_t len;
+    if (is_compact_ascii(item)) {
+      ptr = static_cast<const char*>(PyUnicode_DATA(item));
+      len = static_cast<std::size_t>(PyUnicode_GET_LENGTH(item));
+    } else if (PyBytes_CheckExact(item)) {
+      ptr = PyBytes_AS_STRING(item);
+      len = static_cast<std::size_t>(PyBytes_GET_SIZE(item));
+    } else {
+      deferred.push_back(i);
+      continue;
+    }
+    if (len > kCopy) {
+      deferred.push_back(i);
+      continue;
+    }
+    out[i].ptr = copy_to(arena, cursor, ptr, len);
+    out[i].len = static_cast<std::int64_t>(len);
+  }
+  arena.release(cursor);
+}
+
+// Adds items[0:n] (the GIL held); position(i) names item i in an error message.
+template <class Position>
+void add_items(Keys& keys, PyObject* const* items, std::size_t n, const Position& position) {
+  constexpr std::size_t kGrain = 1 << 13;
+  SpanBuffer& spans = keys.spans();
+  StrSpan* out = spans.reserve_more(n);
+  std::vector<Arena>& arenas = keys.strings->arenas;
+  const std::size_t max_chunks = std::max<std::size_t>(
+      1, std::min<std::size_t>(static_cast<std::size_t>(get_num_threads()), (n + kGrain - 1) / kGrain));
+  if (arenas.size() < max_chunks) arenas.resize(max_chunks);
+  std::vector<std::vector<std::size_t>> deferred(max_chunks);
+  GatherJob job{items, n, out, &arenas, &deferred};
+  if (n > 0) run_chunks(max_chunks, &gather_chunk, &job);
+
+  Arena& arena = arenas[0];
+  Arena::Cursor cursor = arena.acquire(kCopy);
+  for (const std::vector<std::size_t>& chunk : deferred) {
+    for (std::size_t i : chunk) {
+      arena.release(cursor);  // string_span may throw
+      const StrSpan span = string_span(items[i], [&] { return position(i); });
+      const std::size_t len = static_cast<std::size_t>(span.len);
+      if (len <= kCopy) {
+        out[i].ptr = copy_to(arena, cursor, span.ptr, len);
+      } else {
+        keys.alive.push_back(py::reinterpret_borrow<py::object>(items[i]));
+        out[i].ptr = span.ptr;
+      }
+      out[i].len = span.len;
+    }
+  }
+  arena.release(cursor);
+  spans.commit(n);
 }
 
 void add_strings(Keys& keys, const py::object& seq, const char* name, const std::vector<py::ssize_t>& shape) {
-  add_items(keys, PySequence_Fast_ITEMS(seq.ptr()), PySequence_Fast_GET_SIZE(seq.ptr()),
-            [&](Py_ssize_t i) { return position_str(name, shape, i); });
+  add_items(keys, PySequence_Fast_ITEMS(seq.ptr()), static_cast<std::size_t>(PySequence_Fast_GET_SIZE(seq.ptr())),
+            [&](std::size_t i) { return position_str(name, shape, static_cast<std::int64_t>(i)); });
 }
 
 bool is_sequence_of_keys(const py::handle& obj) { return PyList_Check(obj.ptr()) || PyTuple_Check(obj.ptr()); }
@@ -227,9 +354,12 @@ Keys collect_keys(const py::handle& obj, const char* name, bool allow_ints) {
       throw py::type_error(std::string(name) + " must be " +
                            (allow_ints ? "an integer, bytes ('S') or str ('U') array" : "a bytes ('S') or str ('U') array") +
                            " or a list of str / bytes, got an array of dtype " + dtype_str(a));
-    // Native byte order and C order; no copy when the array already is.
+    // Native byte order, C order and aligned (the kernels load whole integers); no copy when the
+    // array already is.
     const py::dtype native = a.dtype().attr("newbyteorder")("=").cast<py::dtype>();
-    keys.array = py::module_::import("numpy").attr("ascontiguousarray")(a, native).cast<py::array>();
+    keys.array = py::module_::import("numpy")
+                     .attr("require")(a, native, py::make_tuple("C_CONTIGUOUS", "ALIGNED"))
+                     .cast<py::array>();
     const std::int64_t itemsize = keys.array.itemsize();
     if (kind == 'U')
       keys.source = KeySource{KeyKind::fixed_ucs4, n, itemsize / 4, keys.array.data(), nullptr, false};
@@ -318,28 +448,38 @@ py::array hash_buckets(const py::handle& keys_obj, std::int64_t num_buckets_valu
 // Documents (an outer list of inner sequences of str / bytes): the flat spans and CSR offsets.
 Keys collect_documents(const py::handle& docs_obj, std::vector<std::int64_t>& offsets) {
   Keys keys;
-  const std::vector<StrSpan>& spans = keys.spans();
+  keys.spans();
+  std::vector<PyObject*>& flat = keys.strings->flat;
   const py::object docs = as_fast_sequence(docs_obj);
   const Py_ssize_t num_docs = PySequence_Fast_GET_SIZE(docs.ptr());
+  std::vector<py::object> doc_items;  // holds what PySequence_Fast made until the tokens are gathered
   offsets.assign(1, 0);
   offsets.reserve(static_cast<std::size_t>(num_docs) + 1);
   for (Py_ssize_t d = 0; d < num_docs; ++d) {
     PyObject* doc = PySequence_Fast_ITEMS(docs.ptr())[d];
-    const auto doc_name = [d] { return "tokens[" + std::to_string(d) + "]"; };
-    if (PyUnicode_Check(doc) || PyBytes_Check(doc))
-      throw py::type_error(doc_name() + " is a " + type_name(doc) +
-                           ", but tokens is a list of documents (each a list of str / bytes)");
-    PyObject* fast = PySequence_Fast(doc, "");
-    if (!fast) {
-      PyErr_Clear();
-      throw py::type_error(doc_name() + " must be a list of str / bytes (a document), got " + type_name(doc));
+    PyObject* fast = doc;  // a list or tuple is read in place (`docs` keeps it alive)
+    if (!PyList_CheckExact(doc) && !PyTuple_CheckExact(doc)) {
+      const auto doc_name = [d] { return "tokens[" + std::to_string(d) + "]"; };
+      if (PyUnicode_Check(doc) || PyBytes_Check(doc))
+        throw py::type_error(doc_name() + " is a " + type_name(doc) +
+                             ", but tokens is a list of documents (each a list of str / bytes)");
+      fast = PySequence_Fast(doc, "");
+      if (!fast) {
+        PyErr_Clear();
+        throw py::type_error(doc_name() + " must be a list of str / bytes (a document), got " + type_name(doc));
+      }
+      doc_items.push_back(py::reinterpret_steal<py::object>(fast));
     }
-    const py::object items = py::reinterpret_steal<py::object>(fast);
-    add_items(keys, PySequence_Fast_ITEMS(items.ptr()), PySequence_Fast_GET_SIZE(items.ptr()),
-              [&](Py_ssize_t i) { return doc_name() + "[" + std::to_string(i) + "]"; });
-    offsets.push_back(static_cast<std::int64_t>(spans.size()));
+    PyObject** tokens = PySequence_Fast_ITEMS(fast);
+    flat.insert(flat.end(), tokens, tokens + PySequence_Fast_GET_SIZE(fast));
+    offsets.push_back(static_cast<std::int64_t>(flat.size()));
   }
-  keys.shape = {static_cast<py::ssize_t>(spans.size())};
+  add_items(keys, flat.data(), flat.size(), [&](std::size_t i) {
+    const std::size_t d = static_cast<std::size_t>(
+        std::upper_bound(offsets.begin(), offsets.end(), static_cast<std::int64_t>(i)) - offsets.begin() - 1);
+    return "tokens[" + std::to_string(d) + "][" + std::to_string(static_cast<std::int64_t>(i) - offsets[d]) + "]";
+  });
+  keys.shape = {static_cast<py::ssize_t>(flat.size())};
   keys.finish_spans();
   return keys;
 }

@@ -90,15 +90,25 @@ EMBTAB_INLINE uint32_t murmur3_x86_32(const char* key, int64_t len, uint32_t see
   return fmix32(h ^ static_cast<uint32_t>(len));
 }
 
-// The same hash when 4 bytes may be read at key + 4 * (len / 4) (so up to 3 past the end): the
-// tail is one masked load instead of a switch on len % 4, which mispredicts on keys of mixed length.
+// The same hash when kSpanPadding (16) bytes past the end may be read. Keys of up to 12 bytes (most
+// words) take no branch on their length, which mispredicts on keys of mixed lengths: all four
+// blocks are loaded and mixed and the state after len / 4 of them is selected; the tail is one
+// masked load (mm32_k(0) == 0, so an empty tail changes nothing).
 EMBTAB_INLINE uint32_t murmur3_x86_32_padded(const char* key, int64_t len, uint32_t seed) {
   const unsigned char* p = reinterpret_cast<const unsigned char*>(key);
   const int64_t nblocks = len / 4;
-  uint32_t h = seed;
-  for (int64_t b = 0; b < nblocks; ++b) h = mm32_block(h, load_le32(p + 4 * b));
   const uint32_t mask = static_cast<uint32_t>((uint64_t(1) << (8 * (len & 3))) - 1);
-  h ^= mm32_k(load_le32(p + 4 * nblocks) & mask);  // mm32_k(0) == 0: no tail, no change
+  uint32_t h = seed, tail;
+  if (len <= 12) {
+    const uint32_t b0 = load_le32(p), b1 = load_le32(p + 4), b2 = load_le32(p + 8), b3 = load_le32(p + 12);
+    const uint32_t h1 = mm32_block(seed, b0), h2 = mm32_block(h1, b1), h3 = mm32_block(h2, b2);
+    h = nblocks == 0 ? seed : nblocks == 1 ? h1 : nblocks == 2 ? h2 : h3;
+    tail = nblocks == 0 ? b0 : nblocks == 1 ? b1 : nblocks == 2 ? b2 : b3;
+  } else {
+    for (int64_t b = 0; b < nblocks; ++b) h = mm32_block(h, load_le32(p + 4 * b));
+    tail = load_le32(p + 4 * nblocks);
+  }
+  h ^= mm32_k(tail & mask);
   return fmix32(h ^ static_cast<uint32_t>(len));
 }
 
@@ -173,7 +183,7 @@ EMBTAB_INLINE uint64_t apply_fastmod(const FastMod& f, uint32_t a) {
 // Key access.
 
 // Bytes that may be read past the end of a string held in a Scratch buffer.
-constexpr int64_t kScratchSlack = 8;
+constexpr int64_t kScratchSlack = kSpanPadding;
 
 // A growable byte buffer owned by one chunk (operator new[], not a standard container: see
 // isa_common.hpp). kScratchSlack readable bytes follow the n requested.
@@ -223,6 +233,21 @@ EMBTAB_INLINE int64_t ucs4_to_utf8(const unsigned char* src, int64_t count, char
   return reinterpret_cast<char*>(o) - out;
 }
 
+// Bytes of a numpy 'S' element (or 'U' element's UCS-4 data) without its trailing NULs, skipping
+// them 8 at a time (fixed-width elements are often mostly padding).
+EMBTAB_INLINE int64_t value_bytes(const char* p, int64_t width) {
+  int64_t len = width;
+  for (;;) {
+    if (len < 8) break;
+    uint64_t last;
+    __builtin_memcpy(&last, p + len - 8, 8);
+    if (last != 0) break;
+    len -= 8;
+  }
+  while (len > 0 && p[len - 1] == 0) --len;
+  return len;
+}
+
 // dst[0:len] = src[0:len] for short strings, without a call to memcpy (constant-size copies are
 // single moves).
 EMBTAB_INLINE void copy_bytes(char* EMBTAB_RESTRICT dst, const char* EMBTAB_RESTRICT src, int64_t len) {
@@ -232,8 +257,8 @@ EMBTAB_INLINE void copy_bytes(char* EMBTAB_RESTRICT dst, const char* EMBTAB_REST
   if (len & 1) *dst = *src;
 }
 
-// Calls op(i, bytes, len, padded) for each string key i in [begin, end); `padded` says that 4
-// bytes past the end may be read. With Wrap, the bytes are the key between fastText's word
+// Calls op(i, bytes, len, padded) for each string key i in [begin, end); `padded` says that
+// kSpanPadding bytes past the end may be read. With Wrap, the bytes are the key between fastText's word
 // delimiters, "<" + key + ">". A 'U' key that cannot be encoded is recorded in first_bad and skipped.
 template <bool Wrap, class Op>
 void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch& scratch, int64_t* first_bad,
@@ -260,15 +285,14 @@ void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch&
       char* buf = Wrap ? scratch.get(keys.width + 2) : nullptr;
       for (int64_t i = begin; i < end; ++i) {
         const char* p = base + i * keys.width;
-        int64_t len = keys.width;
-        while (len > 0 && p[len - 1] == 0) --len;
+        const int64_t len = value_bytes(p, keys.width);
         if (Wrap) {
           buf[0] = '<';
           copy_bytes(buf + 1, p, len);
           buf[len + 1] = '>';
           op(i, static_cast<const char*>(buf), len + 2, true);
         } else {
-          op(i, p, len, array_end - (p + len) >= 4);
+          op(i, p, len, array_end - (p + len) >= kSpanPadding);
         }
       }
       break;
@@ -278,13 +302,8 @@ void for_each_string(const KeySource& keys, int64_t begin, int64_t end, Scratch&
       char* buf = scratch.get(4 * keys.width + pad);
       for (int64_t i = begin; i < end; ++i) {
         const unsigned char* p = base + 4 * i * keys.width;
-        int64_t count = keys.width;
-        while (count > 0) {
-          uint32_t last;
-          __builtin_memcpy(&last, p + 4 * (count - 1), 4);
-          if (last != 0) break;
-          --count;
-        }
+        // Code points up to the last one that is not NUL (its other bytes may be 0).
+        const int64_t count = (value_bytes(reinterpret_cast<const char*>(p), 4 * keys.width) + 3) / 4;
         const int64_t len = ucs4_to_utf8(p, count, buf + (Wrap ? 1 : 0));
         if (len < 0) {
           atomic_min(first_bad, i);

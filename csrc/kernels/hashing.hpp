@@ -29,8 +29,10 @@ enum class KeyKind : int {
   fixed_ucs4 = 3,   // numpy 'U': n elements of `width` UCS-4 code points; trailing NULs are dropped
 };
 
-// Spans of at most this many bytes may promise readable bytes after their end (see KeySource).
+// Spans of at most kPaddedSpanMax bytes may promise kSpanPadding readable bytes after their end
+// (see KeySource).
 constexpr std::int64_t kPaddedSpanMax = 64;
+constexpr std::int64_t kSpanPadding = 16;
 
 struct KeySource {
   KeyKind kind;
@@ -38,8 +40,8 @@ struct KeySource {
   std::int64_t width;
   const void* data;
   const StrSpan* spans;
-  // spans only: every span of at most kPaddedSpanMax bytes is followed by at least 4 readable
-  // bytes (which lets a hash read its tail in one load).
+  // spans only: every span of at most kPaddedSpanMax bytes is followed by at least kSpanPadding
+  // readable bytes (which lets a hash of a short key load whole blocks instead of branching).
   bool short_spans_padded;
 };
 
