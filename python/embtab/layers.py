@@ -397,6 +397,9 @@ class HashEmbedding(EmbeddingBag):
 
     def bucket_ids(self, keys: Any) -> NDArray[np.int64]:
         """Row ids of each key, shape ``(len(keys), num_hashes)``."""
+        if isinstance(keys, (list, tuple)) and keys and all(
+                isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in keys):
+            keys = np.asarray(keys, dtype=np.int64)  # int keys hash as their 8 little-endian bytes
         columns = [np.asarray(hash_buckets(keys, self.num_embeddings, seed=(self.seed + k) % 2**32)).reshape(-1)
                    for k in range(self.num_hashes)]
         return np.stack(columns, axis=1) if columns[0].size else np.zeros((0, self.num_hashes), np.int64)
