@@ -35,10 +35,15 @@ struct Rows {
   int64_t* first_bad;
   int64_t* num_invalid;
 
-  // The row of ids[pos] = id, or nullptr when the kernel must stop.
-  template <class I>
+  // The row of ids[pos] = id, or nullptr when the kernel must stop. D > 0 is the row length
+  // known at compile time (it must equal dim).
+  template <int D = 0, class I>
   EMBTAB_INLINE const T* row(I id, int64_t pos) const {
-    if (EMBTAB_LIKELY(id_in_range(id, num_rows))) return table + static_cast<int64_t>(id) * dim;
+    if (EMBTAB_LIKELY(id_in_range(id, num_rows))) return table + static_cast<int64_t>(id) * (D > 0 ? D : dim);
+    return invalid(pos);
+  }
+
+  __attribute__((noinline)) const T* invalid(int64_t pos) const {
     if (zero_row) {
       __atomic_fetch_add(num_invalid, 1, __ATOMIC_RELAXED);
       return zero_row;
@@ -47,11 +52,14 @@ struct Rows {
     return nullptr;
   }
 
-  template <class I>
+  template <int D = 0, class I>
   EMBTAB_INLINE void prefetch(const I* ids, int64_t pos, int64_t end) const {
     if (pos < end) {
       const I ahead = ids[pos];
-      if (id_in_range(ahead, num_rows)) prefetch_row(table + static_cast<int64_t>(ahead) * dim, dim * int64_t(sizeof(T)));
+      if (id_in_range(ahead, num_rows)) {
+        const int64_t n = D > 0 ? D : dim;
+        prefetch_row(table + static_cast<int64_t>(ahead) * n, n * int64_t(sizeof(T)));
+      }
     }
   }
 };
@@ -82,8 +90,8 @@ void gather_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, int64_t beg
   const int64_t dim = rows.dim;
   const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
   for (int64_t i = begin; i < end; ++i) {
-    rows.prefetch(ids, i + ahead, end);
-    const T* row = rows.row(ids[i], i);
+    rows.template prefetch<D>(ids, i + ahead, end);
+    const T* row = rows.template row<D>(ids[i], i);
     if (!row) break;
     if (Stream)
       stream_copy(out + i * dim, row, dim * int64_t(sizeof(T)));
@@ -116,7 +124,7 @@ int64_t gather(const T* table, int64_t num_rows, int64_t dim, const I* ids, int6
   const std::size_t grain = static_cast<std::size_t>(max_of<int64_t>(1, 32768 / dim));
   parallel_for(static_cast<std::size_t>(n), grain, [&](std::size_t b, std::size_t e) {
     if (stream)
-      gather_range<0, true>(rows, ids, int64_t(b), int64_t(e), out);
+      EMBTAB_DISPATCH_DIM(dim, gather_range<D, true>(rows, ids, int64_t(b), int64_t(e), out));
     else
       EMBTAB_DISPATCH_DIM(dim, gather_range<D, false>(rows, ids, int64_t(b), int64_t(e), out));
   });
@@ -154,16 +162,21 @@ EMBTAB_INLINE bool bag_in_registers(const Rows<T>& rows, const I* EMBTAB_RESTRIC
   typedef typename VecOf<T>::type V;
   constexpr int L = int(sizeof(V) / sizeof(T));
   constexpr int NV = D / L;
+  // The row of ids[i], prefetching the one `ahead` positions on.
+  const auto fetch = [&](int64_t i) -> const T* {
+    rows.template prefetch<D>(ids, i + ahead, ids_end);
+    return rows.template row<D>(ids[i], i);
+  };
   V acc[NV];
-  for (int64_t i = s; i < e; ++i) {
-    rows.prefetch(ids, i + ahead, ids_end);
-    const T* EMBTAB_RESTRICT row = rows.row(ids[i], i);
+  {
+    const T* EMBTAB_RESTRICT row = fetch(s);
     if (!row) return false;
-    if (i == s) {  // the first row initialises the accumulator
-      const V w = Weighted ? vsplat(weights[i]) : vsplat(T(1));
-      for (int k = 0; k < NV; ++k) acc[k] = Weighted ? w * vload(row + k * L) : vload(row + k * L);
-      continue;
-    }
+    const V w = Weighted ? vsplat(weights[s]) : vsplat(T(1));
+    for (int k = 0; k < NV; ++k) acc[k] = Weighted ? w * vload(row + k * L) : vload(row + k * L);
+  }
+  for (int64_t i = s + 1; i < e; ++i) {
+    const T* EMBTAB_RESTRICT row = fetch(i);
+    if (!row) return false;
     if (M == PoolMode::max) {
       for (int k = 0; k < NV; ++k) {
         const V v = vload(row + k * L);
@@ -208,9 +221,9 @@ void bags_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, const int64_t
       continue;
     }
     for (int64_t i = s; i < e; ++i) {
-      rows.prefetch(ids, i + ahead, ids_end);
+      rows.template prefetch<D>(ids, i + ahead, ids_end);
       const I id = ids[i];
-      const T* EMBTAB_RESTRICT row = rows.row(id, i);
+      const T* EMBTAB_RESTRICT row = rows.template row<D>(id, i);
       if (!row) return;
       // A zero row read for an invalid id wins nothing: its argmax entry is -1.
       const int64_t winner = id_in_range(id, rows.num_rows) ? static_cast<int64_t>(id) : -1;
