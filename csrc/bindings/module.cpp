@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
 #endif
   embtab::bind::register_runtime(m);
   embtab::bind::register_lookup(m);
+  embtab::bind::register_lowp(m);
 }

@@ -8,6 +8,7 @@ namespace bind {
 
 void register_runtime(pybind11::module_& m);
 void register_lookup(pybind11::module_& m);
+void register_lowp(pybind11::module_& m);
 
 }  // namespace bind
 }  // namespace embtab

@@ -22,3 +22,16 @@ def gather_bags(
     out: Optional[NDArray[Any]] = ...,
     return_argmax: bool = ...,
 ) -> Any: ...
+def lowp_gather(table: Any, ids: Any, out: Optional[NDArray[Any]], dtype: str) -> NDArray[np.float32]: ...
+def lowp_gather_bags(
+    table: Any,
+    ids: Any,
+    offsets: Any,
+    mode: str,
+    weights: Any,
+    out: Optional[NDArray[Any]],
+    return_argmax: bool,
+    dtype: str,
+) -> Any: ...
+def to_bfloat16_bits(x: NDArray[np.float32]) -> NDArray[np.uint16]: ...
+def quantize_rows_8bit(table: NDArray[np.float32]) -> NDArray[np.uint8]: ...

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Tuple, Union, overload
+from typing import Any, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _core
+from . import _core, _lowp
 from ._arrays import as_ids, as_values
 
 PoolMode = Literal["sum", "mean", "max"]
 
 
-def gather(table: NDArray[np.floating], ids: ArrayLike, *, out: Optional[NDArray[np.floating]] = None) -> NDArray[np.floating]:
+def gather(
+    table: Union[NDArray[Any], _lowp.BFloat16Table, _lowp.QuantizedTable],
+    ids: ArrayLike,
+    *,
+    out: Optional[NDArray[np.floating]] = None,
+    dtype: Optional[str] = None,
+) -> NDArray[np.floating]:
     """Rows of ``table`` at ``ids``: the same result as ``table[ids]``.
 
     Parameters
@@ -25,10 +31,14 @@ def gather(table: NDArray[np.floating], ids: ArrayLike, *, out: Optional[NDArray
     out : ndarray, optional
         Where to write the result: shape ``ids.shape + (dim,)``, the table's dtype, C-contiguous
         and writeable. It is never copied or cast.
+    dtype : {None, "float16", "bfloat16", "int8"}
+        The storage format of a reduced-precision table. Needed only for a raw uint16 array of
+        bfloat16 bits; float16 arrays, :class:`BFloat16Table` and :class:`QuantizedTable` are
+        recognized. Reduced-precision tables give float32 results (and take a float32 ``out``).
 
     Returns
     -------
-    ndarray of shape ``ids.shape + (dim,)`` and the table's dtype.
+    ndarray of shape ``ids.shape + (dim,)`` and the table's dtype (float32 for reduced precision).
 
     Raises
     ------
@@ -40,12 +50,14 @@ def gather(table: NDArray[np.floating], ids: ArrayLike, *, out: Optional[NDArray
     ValueError
         ``table`` is not 2-D, or ``out`` has the wrong shape, is not C-contiguous or is read-only.
     """
+    if _lowp.handles(table, dtype):
+        return _lowp.gather(table, ids, out=out, dtype=dtype)
     return _core.gather(table, as_ids(ids), out)
 
 
 @overload
 def gather_bags(
-    table: NDArray[np.floating],
+    table: Union[NDArray[Any], _lowp.BFloat16Table, _lowp.QuantizedTable],
     ids: ArrayLike,
     offsets: Optional[ArrayLike] = ...,
     *,
@@ -53,10 +65,11 @@ def gather_bags(
     weights: Optional[ArrayLike] = ...,
     out: Optional[NDArray[np.floating]] = ...,
     return_argmax: Literal[False] = ...,
+    dtype: Optional[str] = ...,
 ) -> NDArray[np.floating]: ...
 @overload
 def gather_bags(
-    table: NDArray[np.floating],
+    table: Union[NDArray[Any], _lowp.BFloat16Table, _lowp.QuantizedTable],
     ids: ArrayLike,
     offsets: Optional[ArrayLike] = ...,
     *,
@@ -64,9 +77,10 @@ def gather_bags(
     weights: Optional[ArrayLike] = ...,
     out: Optional[NDArray[np.floating]] = ...,
     return_argmax: Literal[True],
+    dtype: Optional[str] = ...,
 ) -> Tuple[NDArray[np.floating], NDArray[np.int64]]: ...
 def gather_bags(
-    table: NDArray[np.floating],
+    table: Union[NDArray[Any], _lowp.BFloat16Table, _lowp.QuantizedTable],
     ids: ArrayLike,
     offsets: Optional[ArrayLike] = None,
     *,
@@ -74,6 +88,7 @@ def gather_bags(
     weights: Optional[ArrayLike] = None,
     out: Optional[NDArray[np.floating]] = None,
     return_argmax: bool = False,
+    dtype: Optional[str] = None,
 ) -> Union[NDArray[np.floating], Tuple[NDArray[np.floating], NDArray[np.int64]]]:
     """Pooled lookup ("embedding bag"): one output row per bag of ids.
 
@@ -97,6 +112,9 @@ def gather_bags(
     return_argmax : bool
         With ``mode="max"``, also return an int64 ``(num_bags, dim)`` array holding, for each output
         element, the id of the row that won (the first one on ties; -1 for empty bags).
+    dtype : {None, "float16", "bfloat16", "int8"}
+        The storage format of a reduced-precision table, as in :func:`gather`. Such tables are
+        read as float32 and pooled in float32; ``weights`` and ``out`` are then float32.
 
     Raises
     ------
@@ -108,6 +126,9 @@ def gather_bags(
         Bad shapes, offsets that do not start at 0, decrease or do not end at ``len(ids)``, 1-D ids
         without offsets or 2-D ids with them, an unknown mode, weights with ``mode="max"``.
     """
+    if _lowp.handles(table, dtype):
+        return _lowp.gather_bags(table, ids, offsets, mode=mode, weights=weights, out=out,
+                                 return_argmax=return_argmax, dtype=dtype)
     if offsets is not None:
         offsets = as_ids(offsets)
     return _core.gather_bags(
