@@ -196,7 +196,8 @@ py::array quantize_rows_8bit(const py::handle& table_obj) {
   }
   if (bad >= 0)
     throw py::value_error("table row " + std::to_string(bad) +
-                          " holds a NaN or an infinity; only finite rows can be quantized");
+                          " cannot be quantized: it holds a NaN or an infinity, or its range max - min is so close "
+                          "to the float32 limit that its codes would decode to infinity");
   return std::move(out);
 }
 

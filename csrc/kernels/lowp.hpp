@@ -44,7 +44,8 @@ struct LowpKernels {
   // float32 -> bfloat16 bits, round to nearest even; NaN stays NaN (made quiet, sign kept).
   void (*to_bfloat16)(const float* src, std::int64_t n, std::uint16_t* dst);
   // Row-wise 8-bit quantization into the i8 layout above (num_rows x (dim + 8) bytes). Returns -1,
-  // or the first row holding a NaN or an infinity (the output is then unspecified).
+  // or the first row holding a NaN or an infinity or whose largest code would decode to an
+  // infinity (the output is then unspecified).
   std::int64_t (*quantize_rows_8bit)(const float* table, std::int64_t num_rows, std::int64_t dim,
                                      std::uint8_t* out);
 

@@ -386,7 +386,8 @@ void to_bfloat16(const float* src, int64_t n, uint16_t* dst) {
 
 // scale = (max - min) / 255 and bias = min per row; code = rint((x - bias) / scale) in double,
 // clamped to [0, 255]. A row whose scale rounds to 0 (a constant row) gets all codes 0 and so
-// decodes to exactly its value.
+// decodes to exactly its value. Rows with a NaN or an infinity, or whose codes would decode past
+// the float32 range (a range max - min near FLT_MAX), are refused.
 int64_t quantize_rows_8bit(const float* table, int64_t num_rows, int64_t dim, uint8_t* out) {
   int64_t first_bad = -1;
   if (num_rows <= 0) return -1;
@@ -403,11 +404,13 @@ int64_t quantize_rows_8bit(const float* table, int64_t num_rows, int64_t dim, ui
         lo = v < lo ? v : lo;
         hi = v > hi ? v : hi;
       }
-      if (!finite) {
+      const float scale = static_cast<float>((static_cast<double>(hi) - static_cast<double>(lo)) / 255.0);
+      // Decoding is monotone in the code, so if code 255 decodes to a finite value, all do.
+      const float top = 255.0f * scale;
+      if (!finite || top - top != 0.0f || (top + lo) - (top + lo) != 0.0f) {
         atomic_min(&first_bad, r);
         return;
       }
-      const float scale = static_cast<float>((static_cast<double>(hi) - static_cast<double>(lo)) / 255.0);
       const double dscale = scale, dlo = lo;
       for (int64_t j = 0; j < dim; ++j) {
         double t = scale > 0.0f ? (static_cast<double>(x[j]) - dlo) / dscale : 0.0;

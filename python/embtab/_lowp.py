@@ -206,7 +206,8 @@ def quantize_rows(table: ArrayLike, bits: int = 8) -> QuantizedTable:
     TypeError
         ``table`` is not a float array.
     ValueError
-        ``bits`` is not 8, ``table`` is not 2-D, or a row holds a NaN or an infinity.
+        ``bits`` is not 8, ``table`` is not 2-D, or a row holds a NaN or an infinity (or has a
+        range ``max - min`` so close to the float32 limit that it would decode to infinity).
     """
     bits = operator.index(bits)
     if bits != 8:
