@@ -163,14 +163,16 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
   return std::move(out);
 }
 
-py::array to_bfloat16(const py::handle& src_obj) {
+py::array to_bfloat16(const py::handle& src_obj, const py::handle& out_obj) {
   const py::array src_in = require_array(src_obj, "x");
   if (!src_in.dtype().equal(py::dtype::of<float>()))
     throw py::type_error("x must have dtype float32, got " + dtype_str(src_in));
   const py::array src = c_contiguous(src_in);
-  py::array_t<std::uint16_t> out(std::vector<py::ssize_t>(src.shape(), src.shape() + src.ndim()));
+  py::array out = require_array(out_obj, "out");
+  require_output(out, py::dtype::of<std::uint16_t>(), std::vector<py::ssize_t>(src.shape(), src.shape() + src.ndim()),
+                 "out");
   const float* src_ptr = cdata<float>(src);
-  std::uint16_t* out_ptr = out.mutable_data();
+  std::uint16_t* out_ptr = wdata<std::uint16_t>(out);
   const std::int64_t n = src.size();
   {
     py::gil_scoped_release release;
@@ -209,7 +211,7 @@ void register_lowp(py::module_& m) {
   m.def("lowp_gather_bags", &gather_bags, py::arg("table"), py::arg("ids"), py::arg("offsets"), py::arg("mode"),
         py::arg("weights"), py::arg("out"), py::arg("return_argmax"), py::arg("dtype"),
         "Pooled lookups over a reduced-precision table; see embtab.gather_bags.");
-  m.def("to_bfloat16_bits", &to_bfloat16, py::arg("x"),
+  m.def("to_bfloat16_bits", &to_bfloat16, py::arg("x"), py::arg("out"),
         "float32 -> bfloat16 bits (uint16), round to nearest even; see embtab.to_bfloat16.");
   m.def("quantize_rows_8bit", &quantize_rows_8bit, py::arg("table"),
         "Row-wise 8-bit quantization into packed rows; see embtab.quantize_rows.");

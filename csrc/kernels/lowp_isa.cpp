@@ -83,6 +83,7 @@ EMBTAB_INLINE void v_store(float* p, VF v) { _mm512_storeu_ps(p, v); }
 EMBTAB_INLINE VF v_set1(float x) { return _mm512_set1_ps(x); }
 EMBTAB_INLINE VF v_add(VF a, VF b) { return _mm512_add_ps(a, b); }
 EMBTAB_INLINE VF v_mul(VF a, VF b) { return _mm512_mul_ps(a, b); }
+EMBTAB_INLINE VF v_div(VF a, VF b) { return _mm512_div_ps(a, b); }
 // (v > m || v is NaN) ? v : m, elementwise: numpy's NaN-propagating max.
 EMBTAB_INLINE VF v_max_nan(VF m, VF v) {
   const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
@@ -106,6 +107,7 @@ EMBTAB_INLINE void v_store(float* p, VF v) { _mm256_storeu_ps(p, v); }
 EMBTAB_INLINE VF v_set1(float x) { return _mm256_set1_ps(x); }
 EMBTAB_INLINE VF v_add(VF a, VF b) { return _mm256_add_ps(a, b); }
 EMBTAB_INLINE VF v_mul(VF a, VF b) { return _mm256_mul_ps(a, b); }
+EMBTAB_INLINE VF v_div(VF a, VF b) { return _mm256_div_ps(a, b); }
 EMBTAB_INLINE VF v_max_nan(VF m, VF v) {
   const VF take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
   return _mm256_blendv_ps(m, v, take);
@@ -128,6 +130,7 @@ EMBTAB_INLINE void v_store(float* p, VF v) { *p = v; }
 EMBTAB_INLINE VF v_set1(float x) { return x; }
 EMBTAB_INLINE VF v_add(VF a, VF b) { return a + b; }
 EMBTAB_INLINE VF v_mul(VF a, VF b) { return a * b; }
+EMBTAB_INLINE VF v_div(VF a, VF b) { return a / b; }
 EMBTAB_INLINE VF v_max_nan(VF m, VF v) { return (v > m || v != v) ? v : m; }
 EMBTAB_INLINE VF v_from_f16(const uint16_t* p) { return f16_to_float(*p); }
 EMBTAB_INLINE VF v_from_bf16(const uint16_t* p) { return bf16_to_float(*p); }
@@ -228,9 +231,11 @@ EMBTAB_INLINE void max_row_arg(float* EMBTAB_RESTRICT o, int64_t* EMBTAB_RESTRIC
 
 // ---- prefetching ----
 
-// About 8 KiB of rows in flight per thread.
+// About 8 KiB of rows in flight per thread, and up to 32 rows: the short rows of these tables need
+// more rows ahead than float32 rows to keep as many cache lines in flight (measured on 1M x 128
+// tables: 8-bit bags ~20% faster with 32 rows ahead than with 16).
 EMBTAB_INLINE int64_t prefetch_distance(int64_t row_bytes) {
-  return max_of<int64_t>(2, min_of<int64_t>(16, 8192 / max_of<int64_t>(row_bytes, 1)));
+  return max_of<int64_t>(2, min_of<int64_t>(32, 8192 / max_of<int64_t>(row_bytes, 1)));
 }
 
 // Every cache line that [p, p + bytes) touches. Rows of dim + 8 bytes rarely start on a line.
@@ -287,6 +292,54 @@ int64_t gather(const void* table, int64_t num_rows, int64_t dim, const I* ids, i
 
 // ---- pooled bags ----
 
+// Vectors of a row pooled at once in registers (16 architectural vector registers on avx2 and the
+// baseline; some are needed for the row being read).
+constexpr int64_t kBlockVectors = 8;
+
+// One bag of a compile-time row length D (a multiple of kW), without argmax: the accumulators of
+// up to kBlockVectors vectors stay in registers while the bag's rows stream through; wider rows
+// take several passes over the bag (the later ones hit cache). The first pass checks the ids and
+// prefetches. Same operations in the same order as the in-memory path, so the same results.
+// Returns false after recording a bad id.
+template <int D, PoolMode M, bool Weighted, class R, class I>
+EMBTAB_INLINE bool pool_bag_in_registers(const void* table, int64_t num_rows, const I* EMBTAB_RESTRICT ids,
+                                         int64_t s, int64_t e, int64_t ids_end, int64_t ahead, int64_t row_bytes,
+                                         const float* EMBTAB_RESTRICT weights, float* EMBTAB_RESTRICT o,
+                                         int64_t* first_bad) {
+  constexpr int64_t kVectors = D / kW;
+  constexpr int64_t kBlock = kVectors < kBlockVectors ? kVectors : kBlockVectors;
+  static_assert(kVectors % kBlock == 0, "row length must split into whole blocks");
+  for (int64_t c0 = 0; c0 < kVectors; c0 += kBlock) {
+    VF acc[kBlock];
+    for (int64_t i = s; i < e; ++i) {
+      if (c0 == 0) {
+        prefetch_id(ids, i + ahead, ids_end, table, num_rows, row_bytes);
+        if (!id_in_range(ids[i], num_rows)) {
+          atomic_min(first_bad, i);
+          return false;
+        }
+      }
+      const R row = R::at(table, static_cast<int64_t>(ids[i]), D);
+      const VF w = v_set1(Weighted ? weights[i] : 1.0f);
+#pragma GCC unroll 8
+      for (int64_t k = 0; k < kBlock; ++k) {
+        VF x = row.vec((c0 + k) * kW);
+        if (Weighted) x = v_mul(w, x);
+        if (i == s)
+          acc[k] = x;
+        else if (M == PoolMode::max)
+          acc[k] = v_max_nan(acc[k], x);
+        else
+          acc[k] = v_add(acc[k], x);
+      }
+    }
+    const VF count = v_set1(static_cast<float>(e - s));
+#pragma GCC unroll 8
+    for (int64_t k = 0; k < kBlock; ++k) v_store(o + (c0 + k) * kW, M == PoolMode::mean ? v_div(acc[k], count) : acc[k]);
+  }
+  return true;
+}
+
 template <int D, PoolMode M, bool Weighted, bool Arg, class R, class I>
 void bags_range(const void* table, int64_t num_rows, int64_t dim, const I* EMBTAB_RESTRICT ids,
                 const int64_t* offsets, int64_t bag_begin, int64_t bag_end, const float* EMBTAB_RESTRICT weights,
@@ -302,6 +355,12 @@ void bags_range(const void* table, int64_t num_rows, int64_t dim, const I* EMBTA
       row_zero<D>(o, dim);
       if (Arg)
         for (int64_t j = 0; j < dim; ++j) am[j] = -1;
+      continue;
+    }
+    if (D > 0 && D % kW == 0 && !Arg) {
+      if (!pool_bag_in_registers<(D > 0 ? D : kW), M, Weighted, R>(table, num_rows, ids, s, e, ids_end, ahead,
+                                                                   row_bytes, weights, o, first_bad))
+        return;
       continue;
     }
     for (int64_t i = s; i < e; ++i) {
