@@ -178,7 +178,7 @@ py::array to_bfloat16(const py::handle& src_obj, const py::handle& out_obj) {
     py::gil_scoped_release release;
     lowp_kernels().to_bfloat16(src_ptr, n, out_ptr);
   }
-  return std::move(out);
+  return out;
 }
 
 py::array quantize_rows_8bit(const py::handle& table_obj) {

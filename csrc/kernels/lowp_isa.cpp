@@ -89,15 +89,19 @@ EMBTAB_INLINE VF v_max_nan(VF m, VF v) {
   const __mmask16 take = _mm512_cmp_ps_mask(v, m, _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
   return _mm512_mask_blend_ps(take, m, v);
 }
+// The zero-masked forms with a full mask compile to the plain instructions; the plain intrinsics
+// pass GCC 12 an "undefined" source register that -Wmaybe-uninitialized then reports.
+constexpr __mmask16 kAll = 0xffff;
 EMBTAB_INLINE VF v_from_f16(const uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_maskz_cvtph_ps(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 EMBTAB_INLINE VF v_from_bf16(const uint16_t* p) {
-  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  const __m512i wide = _mm512_maskz_cvtepu16_epi32(kAll, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(kAll, wide, 16));
 }
 EMBTAB_INLINE VF v_from_u8(const uint8_t* p) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  const __m512i wide = _mm512_maskz_cvtepu8_epi32(kAll, _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm512_maskz_cvtepi32_ps(kAll, wide);
 }
 #elif defined(__AVX2__)
 constexpr int64_t kW = 8;
@@ -175,20 +179,23 @@ struct I8Row {
 };
 
 // ---- row operations on a float32 output row o (D > 0: compile-time length) ----
+// The scalar tail loops are compiled only where a tail can exist (else GCC warns about them).
 
 template <int D, class R>
 EMBTAB_INLINE void put_row(float* EMBTAB_RESTRICT o, const R& r, int64_t dim) {
   const int64_t n = D > 0 ? D : dim;
   int64_t j = 0;
   for (; j + kW <= n; j += kW) v_store(o + j, r.vec(j));
-  for (; j < n; ++j) o[j] = r.one(j);
+  if (D == 0 || D % kW != 0)
+    for (; j < n; ++j) o[j] = r.one(j);
 }
 template <int D, class R>
 EMBTAB_INLINE void add_row(float* EMBTAB_RESTRICT o, const R& r, int64_t dim) {
   const int64_t n = D > 0 ? D : dim;
   int64_t j = 0;
   for (; j + kW <= n; j += kW) v_store(o + j, v_add(v_load(o + j), r.vec(j)));
-  for (; j < n; ++j) o[j] += r.one(j);
+  if (D == 0 || D % kW != 0)
+    for (; j < n; ++j) o[j] += r.one(j);
 }
 template <int D, class R>
 EMBTAB_INLINE void put_scaled_row(float* EMBTAB_RESTRICT o, const R& r, float w, int64_t dim) {
@@ -196,7 +203,8 @@ EMBTAB_INLINE void put_scaled_row(float* EMBTAB_RESTRICT o, const R& r, float w,
   const VF vw = v_set1(w);
   int64_t j = 0;
   for (; j + kW <= n; j += kW) v_store(o + j, v_mul(vw, r.vec(j)));
-  for (; j < n; ++j) o[j] = w * r.one(j);
+  if (D == 0 || D % kW != 0)
+    for (; j < n; ++j) o[j] = w * r.one(j);
 }
 template <int D, class R>
 EMBTAB_INLINE void add_scaled_row(float* EMBTAB_RESTRICT o, const R& r, float w, int64_t dim) {
@@ -204,16 +212,19 @@ EMBTAB_INLINE void add_scaled_row(float* EMBTAB_RESTRICT o, const R& r, float w,
   const VF vw = v_set1(w);
   int64_t j = 0;
   for (; j + kW <= n; j += kW) v_store(o + j, v_add(v_load(o + j), v_mul(vw, r.vec(j))));
-  for (; j < n; ++j) o[j] += w * r.one(j);
+  if (D == 0 || D % kW != 0)
+    for (; j < n; ++j) o[j] += w * r.one(j);
 }
 template <int D, class R>
 EMBTAB_INLINE void max_row(float* EMBTAB_RESTRICT o, const R& r, int64_t dim) {
   const int64_t n = D > 0 ? D : dim;
   int64_t j = 0;
   for (; j + kW <= n; j += kW) v_store(o + j, v_max_nan(v_load(o + j), r.vec(j)));
-  for (; j < n; ++j) {
-    const float v = r.one(j), m = o[j];
-    o[j] = (v > m || v != v) ? v : m;
+  if (D == 0 || D % kW != 0) {
+    for (; j < n; ++j) {
+      const float v = r.one(j), m = o[j];
+      o[j] = (v > m || v != v) ? v : m;
+    }
   }
 }
 // With argmax: the first maximum (or the first NaN) wins, like numpy's argmax.
@@ -309,29 +320,30 @@ EMBTAB_INLINE bool pool_bag_in_registers(const void* table, int64_t num_rows, co
   constexpr int64_t kVectors = D / kW;
   constexpr int64_t kBlock = kVectors < kBlockVectors ? kVectors : kBlockVectors;
   static_assert(kVectors % kBlock == 0, "row length must split into whole blocks");
-  for (int64_t c0 = 0; c0 < kVectors; c0 += kBlock) {
-    VF acc[kBlock];
-    for (int64_t i = s; i < e; ++i) {
-      if (c0 == 0) {
-        prefetch_id(ids, i + ahead, ids_end, table, num_rows, row_bytes);
-        if (!id_in_range(ids[i], num_rows)) {
-          atomic_min(first_bad, i);
-          return false;
-        }
-      }
-      const R row = R::at(table, static_cast<int64_t>(ids[i]), D);
-      const VF w = v_set1(Weighted ? weights[i] : 1.0f);
+  // The first pass prefetches ahead and checks each id before its row is read.
+  auto admit = [&](int64_t i) {
+    prefetch_id(ids, i + ahead, ids_end, table, num_rows, row_bytes);
+    if (id_in_range(ids[i], num_rows)) return true;
+    atomic_min(first_bad, i);
+    return false;
+  };
+  // Row i's vectors [c0, c0 + kBlock), times its weight.
+  auto load = [&](int64_t i, int64_t c0, VF* x) {
+    const R row = R::at(table, static_cast<int64_t>(ids[i]), D);
+    const VF w = v_set1(Weighted ? weights[i] : 1.0f);
 #pragma GCC unroll 8
-      for (int64_t k = 0; k < kBlock; ++k) {
-        VF x = row.vec((c0 + k) * kW);
-        if (Weighted) x = v_mul(w, x);
-        if (i == s)
-          acc[k] = x;
-        else if (M == PoolMode::max)
-          acc[k] = v_max_nan(acc[k], x);
-        else
-          acc[k] = v_add(acc[k], x);
-      }
+    for (int64_t k = 0; k < kBlock; ++k) x[k] = Weighted ? v_mul(w, row.vec((c0 + k) * kW)) : row.vec((c0 + k) * kW);
+  };
+  for (int64_t c0 = 0; c0 < kVectors; c0 += kBlock) {
+    if (c0 == 0 && !admit(s)) return false;
+    VF acc[kBlock];
+    load(s, c0, acc);
+    for (int64_t i = s + 1; i < e; ++i) {
+      if (c0 == 0 && !admit(i)) return false;
+      VF x[kBlock];
+      load(i, c0, x);
+#pragma GCC unroll 8
+      for (int64_t k = 0; k < kBlock; ++k) acc[k] = M == PoolMode::max ? v_max_nan(acc[k], x[k]) : v_add(acc[k], x[k]);
     }
     const VF count = v_set1(static_cast<float>(e - s));
 #pragma GCC unroll 8

@@ -83,8 +83,9 @@ class ThreadPool {
     tls_inside_kernel = false;
   }
 
-  void worker(std::size_t index) {
-    std::uint64_t seen = 0;
+  // `seen` starts at the generation current when the worker was created, so a new worker never
+  // runs a job that finished before it existed.
+  void worker(std::size_t index, std::uint64_t seen) {
     for (;;) {
       {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -100,8 +101,14 @@ class ThreadPool {
   }
 
   void start_workers(int count) {
-    stopping_ = false;
-    for (int i = 0; i < count; ++i) workers_.emplace_back(&ThreadPool::worker, this, static_cast<std::size_t>(i + 1));
+    std::uint64_t current;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = false;
+      current = generation_;
+    }
+    for (int i = 0; i < count; ++i)
+      workers_.emplace_back(&ThreadPool::worker, this, static_cast<std::size_t>(i + 1), current);
   }
 
   void stop_workers() {
