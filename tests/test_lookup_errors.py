@@ -50,7 +50,7 @@ def test_non_integer_ids_raise_type_error(ids):
         embtab.gather_bags(TABLE, ids.reshape(1, 1))
 
 
-@pytest.mark.parametrize("table", [TABLE.astype(np.int64), TABLE.astype(np.float16), TABLE.astype(bool), TABLE.astype(">f4")])
+@pytest.mark.parametrize("table", [TABLE.astype(np.int64), TABLE.astype(np.int8), TABLE.astype(bool), TABLE.astype(">f4")])
 def test_non_float_tables_raise_type_error(table):
     with pytest.raises(TypeError, match="table"):
         embtab.gather(table, np.array([0]))

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from . import _core
+from . import _core, _lowp
 from ._arrays import as_ids, as_values
 
 PoolMode = Literal["sum", "mean", "max"]
 BoundsMode = Literal["raise", "zero"]
+Table = Union[NDArray[Any], _lowp.BFloat16Table, _lowp.QuantizedTable]
+
+
+
+def _no_bounds_for_lowp(bounds: str) -> None:
+    if bounds != "raise":
+        raise ValueError("bounds='zero' is only supported for float32/float64 tables")
 
 
 def gather(
-    table: NDArray[np.floating],
+    table: Table,
     ids: ArrayLike,
     *,
     out: Optional[NDArray[np.floating]] = None,
     bounds: BoundsMode = "raise",
+    dtype: Optional[str] = None,
 ) -> Any:
     """Rows of ``table`` at ``ids``: the same result as ``table[ids]``.
 
@@ -37,6 +45,12 @@ def gather(
         "zero": read as a row of zeros (as FBGEMM's bounds-check modes do for production traffic);
         the function then returns ``(result, num_invalid)``.
 
+    dtype : {None, "float16", "bfloat16", "int8"}
+        The storage format of a reduced-precision table (float16 arrays, :class:`BFloat16Table`
+        from :func:`to_bfloat16` and :class:`QuantizedTable` from :func:`quantize_rows` are
+        recognized; only a raw uint16 array of bfloat16 bits needs ``dtype="bfloat16"``). Those
+        tables give float32 results, accumulated in float32, and take float32 ``weights``/``out``.
+
     Returns
     -------
     ndarray of shape ``ids.shape + (dim,)`` and the table's dtype; with ``bounds="zero"`` the
@@ -52,11 +66,14 @@ def gather(
     ValueError
         ``table`` is not 2-D, or ``out`` has the wrong shape, is not C-contiguous or is read-only.
     """
+    if _lowp.handles(table, dtype):
+        _no_bounds_for_lowp(bounds)
+        return _lowp.gather(table, ids, out=out, dtype=dtype)
     return _core.gather(table, as_ids(ids), out, bounds)
 
 
 def gather_bags(
-    table: NDArray[np.floating],
+    table: Table,
     ids: ArrayLike,
     offsets: Optional[ArrayLike] = None,
     *,
@@ -65,6 +82,7 @@ def gather_bags(
     out: Optional[NDArray[np.floating]] = None,
     return_argmax: bool = False,
     bounds: BoundsMode = "raise",
+    dtype: Optional[str] = None,
 ) -> Any:
     """Pooled lookup ("embedding bag"): one output row per bag of ids.
 
@@ -93,6 +111,12 @@ def gather_bags(
         (it still counts in a mean's denominator and can win a max, with argmax -1), and the
         number of invalid ids is returned as the last element of a tuple.
 
+    dtype : {None, "float16", "bfloat16", "int8"}
+        The storage format of a reduced-precision table (float16 arrays, :class:`BFloat16Table`
+        from :func:`to_bfloat16` and :class:`QuantizedTable` from :func:`quantize_rows` are
+        recognized; only a raw uint16 array of bfloat16 bits needs ``dtype="bfloat16"``). Those
+        tables give float32 results, accumulated in float32, and take float32 ``weights``/``out``.
+
     Returns
     -------
     ndarray of shape (num_bags, dim) and the table's dtype; ``(out, argmax)`` with
@@ -108,8 +132,13 @@ def gather_bags(
         Bad shapes, offsets that do not start at 0, decrease or do not end at ``len(ids)``, 1-D ids
         without offsets or 2-D ids with them, an unknown mode, weights with ``mode="max"``.
     """
+    if _lowp.handles(table, dtype):
+        _no_bounds_for_lowp(bounds)
+        return _lowp.gather_bags(table, ids, offsets, mode=mode, weights=weights, out=out,
+                                 return_argmax=return_argmax, dtype=dtype)
     if offsets is not None:
         offsets = as_ids(offsets)
     return _core.gather_bags(
         table, as_ids(ids), offsets, mode, as_values(weights, table), out, return_argmax, bounds
     )
+

@@ -1,0 +1,221 @@
+// Reduced-precision tables: validation, GIL release and dispatch to the lowp kernels
+// (gather / gather_bags over float16, bfloat16 and 8-bit row-wise tables, and the conversions).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+#include <vector>
+
+#include "bindings/register.hpp"
+#include "bindings/validate.hpp"
+#include "kernels/lowp.hpp"
+
+namespace embtab {
+namespace bind {
+namespace {
+
+struct LowpTable {
+  py::array array;  // C-contiguous storage
+  LowpFormat format;
+  std::int64_t num_rows, dim;
+};
+
+LowpFormat parse_format(const std::string& name) {
+  if (name == "float16") return LowpFormat::f16;
+  if (name == "bfloat16") return LowpFormat::bf16;
+  if (name == "int8") return LowpFormat::i8;
+  throw py::value_error("dtype must be 'float16', 'bfloat16' or 'int8', got '" + name + "'");
+}
+
+LowpTable check_table(const py::handle& obj, const std::string& format_name) {
+  const LowpFormat format = parse_format(format_name);
+  py::array table = require_array(obj, "table");
+  switch (format) {
+    case LowpFormat::f16:
+      if (!table.dtype().equal(py::dtype("float16")))
+        throw py::type_error("a float16 table must have dtype float16, got " + dtype_str(table));
+      break;
+    case LowpFormat::bf16:
+      if (!table.dtype().equal(py::dtype::of<std::uint16_t>()))
+        throw py::type_error("a bfloat16 table must be stored as uint16 bits (see embtab.to_bfloat16), got dtype " +
+                             dtype_str(table));
+      break;
+    case LowpFormat::i8:
+      if (!table.dtype().equal(py::dtype::of<std::uint8_t>()))
+        throw py::type_error("an 8-bit table must be uint8 packed rows (see embtab.quantize_rows), got dtype " +
+                             dtype_str(table));
+      break;
+  }
+  require_ndim(table, 2, "table");
+  std::int64_t dim = table.shape(1);
+  if (format == LowpFormat::i8) {
+    if (dim < 8)
+      throw py::value_error("packed 8-bit rows must have dim + 8 >= 8 bytes (codes, float32 scale, float32 bias), got shape " +
+                            shape_str(table));
+    dim -= 8;
+  }
+  return LowpTable{c_contiguous(table), format, table.shape(0), dim};
+}
+
+// Allocates a float32 `out` or checks the caller's.
+py::array prepare_output(const py::object& out, const std::vector<py::ssize_t>& shape) {
+  const py::dtype f32 = py::dtype::of<float>();
+  if (out.is_none()) return py::array(f32, shape);
+  py::array given = require_array(out, "out");
+  require_output(given, f32, shape, "out");
+  return given;
+}
+
+py::array gather(const py::handle& table_obj, const py::handle& ids_obj, const py::object& out_obj,
+                 const std::string& format) {
+  const LowpTable table = check_table(table_obj, format);
+  const py::array ids_in = require_array(ids_obj, "ids");
+  const IndexKind ids_kind = require_index(ids_in, "ids");
+  const py::array ids = c_contiguous(ids_in);
+
+  std::vector<py::ssize_t> shape(ids.shape(), ids.shape() + ids.ndim());
+  shape.push_back(table.dim);
+  py::array out = prepare_output(out_obj, shape);
+  const std::int64_t n = ids.size();
+
+  const std::int64_t bad = visit_index(ids_kind, [&](auto itag) {
+    using I = decltype(itag);
+    const void* table_ptr = table.array.data();
+    const I* ids_ptr = cdata<I>(ids);
+    float* out_ptr = wdata<float>(out);
+    py::gil_scoped_release release;  // only raw pointers from here on
+    return lowp_kernels().get<I>(table.format).gather(table_ptr, table.num_rows, table.dim, ids_ptr, n, out_ptr);
+  });
+  if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
+  return out;
+}
+
+PoolMode parse_mode(const std::string& mode) {
+  if (mode == "sum") return PoolMode::sum;
+  if (mode == "mean") return PoolMode::mean;
+  if (mode == "max") return PoolMode::max;
+  throw py::value_error("mode must be 'sum', 'mean' or 'max', got '" + mode + "'");
+}
+
+// Bag boundaries, by the rules of embtab.gather_bags (as in register_lookup.cpp): 2-D ids are
+// fixed-length bags without offsets, 1-D ids need CSR offsets.
+std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj) {
+  std::vector<std::int64_t> offsets;
+  if (ids.ndim() == 2) {
+    if (!offsets_obj.is_none())
+      throw py::value_error("offsets must be None when ids is 2-D (num_bags, bag_len); got offsets with 2-D ids " +
+                            shape_str(ids));
+    const std::int64_t num_bags = ids.shape(0), bag_len = ids.shape(1);
+    offsets.resize(static_cast<std::size_t>(num_bags) + 1);
+    for (std::int64_t b = 0; b <= num_bags; ++b) offsets[static_cast<std::size_t>(b)] = b * bag_len;
+  } else if (ids.ndim() == 1) {
+    if (offsets_obj.is_none())
+      throw py::value_error("offsets is required when ids is 1-D (CSR bags); pass 2-D ids for fixed-length bags");
+    offsets = check_offsets(offsets_obj, ids.shape(0));
+  } else {
+    throw py::value_error("ids must be 1-D with offsets, or 2-D (num_bags, bag_len), got shape " + shape_str(ids));
+  }
+  return offsets;
+}
+
+py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, const py::object& offsets_obj,
+                       const std::string& mode_name, const py::object& weights_obj, const py::object& out_obj,
+                       bool return_argmax, const std::string& format) {
+  const LowpTable table = check_table(table_obj, format);
+  const PoolMode mode = parse_mode(mode_name);
+  const py::array ids_in = require_array(ids_obj, "ids");
+  const IndexKind ids_kind = require_index(ids_in, "ids");
+  const py::array ids = c_contiguous(ids_in);
+  const std::vector<std::int64_t> offsets = bag_offsets(ids, offsets_obj);
+  const std::int64_t num_bags = static_cast<std::int64_t>(offsets.size()) - 1;
+
+  py::array weights;  // (a default py::array is an empty array, not null: test has_weights)
+  const bool has_weights = !weights_obj.is_none();
+  if (has_weights) {
+    if (mode == PoolMode::max) throw py::value_error("weights are only supported with mode 'sum' or 'mean', not 'max'");
+    py::array w = require_array(weights_obj, "weights");
+    if (!w.dtype().equal(py::dtype::of<float>()))
+      throw py::type_error("weights for a " + format + " table must have dtype float32, got " + dtype_str(w));
+    const std::vector<py::ssize_t> wshape(w.shape(), w.shape() + w.ndim()), ishape(ids.shape(), ids.shape() + ids.ndim());
+    if (wshape != ishape)
+      throw py::value_error("weights must have the shape of ids " + shape_str(ids) + ", got " + shape_str(w));
+    weights = c_contiguous(w);
+  }
+  if (return_argmax && mode != PoolMode::max) throw py::value_error("return_argmax=True requires mode='max'");
+
+  py::array out = prepare_output(out_obj, {num_bags, table.dim});
+  py::array_t<std::int64_t> argmax;
+  if (return_argmax) argmax = py::array_t<std::int64_t>(std::vector<py::ssize_t>{num_bags, table.dim});
+
+  const std::int64_t bad = visit_index(ids_kind, [&](auto itag) {
+    using I = decltype(itag);
+    const void* table_ptr = table.array.data();
+    const I* ids_ptr = cdata<I>(ids);
+    const float* weights_ptr = has_weights ? cdata<float>(weights) : nullptr;
+    float* out_ptr = wdata<float>(out);
+    std::int64_t* argmax_ptr = return_argmax ? argmax.mutable_data() : nullptr;
+    py::gil_scoped_release release;  // only raw pointers from here on
+    return lowp_kernels().get<I>(table.format).bags(table_ptr, table.num_rows, table.dim, ids_ptr, offsets.data(),
+                                                    num_bags, weights_ptr, mode, out_ptr, argmax_ptr);
+  });
+  if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
+  if (return_argmax) return py::make_tuple(out, argmax);
+  return std::move(out);
+}
+
+py::array to_bfloat16(const py::handle& src_obj, const py::handle& out_obj) {
+  const py::array src_in = require_array(src_obj, "x");
+  if (!src_in.dtype().equal(py::dtype::of<float>()))
+    throw py::type_error("x must have dtype float32, got " + dtype_str(src_in));
+  const py::array src = c_contiguous(src_in);
+  py::array out = require_array(out_obj, "out");
+  require_output(out, py::dtype::of<std::uint16_t>(), std::vector<py::ssize_t>(src.shape(), src.shape() + src.ndim()),
+                 "out");
+  const float* src_ptr = cdata<float>(src);
+  std::uint16_t* out_ptr = wdata<std::uint16_t>(out);
+  const std::int64_t n = src.size();
+  {
+    py::gil_scoped_release release;
+    lowp_kernels().to_bfloat16(src_ptr, n, out_ptr);
+  }
+  return out;
+}
+
+py::array quantize_rows_8bit(const py::handle& table_obj) {
+  const py::array table_in = require_array(table_obj, "table");
+  if (!table_in.dtype().equal(py::dtype::of<float>()))
+    throw py::type_error("table must have dtype float32, got " + dtype_str(table_in));
+  require_ndim(table_in, 2, "table");
+  const py::array table = c_contiguous(table_in);
+  const std::int64_t num_rows = table.shape(0), dim = table.shape(1);
+  py::array_t<std::uint8_t> out(std::vector<py::ssize_t>{num_rows, dim + 8});
+  const float* table_ptr = cdata<float>(table);
+  std::uint8_t* out_ptr = out.mutable_data();
+  std::int64_t bad;
+  {
+    py::gil_scoped_release release;
+    bad = lowp_kernels().quantize_rows_8bit(table_ptr, num_rows, dim, out_ptr);
+  }
+  if (bad >= 0)
+    throw py::value_error("table row " + std::to_string(bad) +
+                          " cannot be quantized: it holds a NaN or an infinity, or its range max - min is so close "
+                          "to the float32 limit that its codes would decode to infinity");
+  return std::move(out);
+}
+
+}  // namespace
+
+void register_lowp(py::module_& m) {
+  m.def("lowp_gather", &gather, py::arg("table"), py::arg("ids"), py::arg("out"), py::arg("dtype"),
+        "Rows of a reduced-precision table as float32; see embtab.gather.");
+  m.def("lowp_gather_bags", &gather_bags, py::arg("table"), py::arg("ids"), py::arg("offsets"), py::arg("mode"),
+        py::arg("weights"), py::arg("out"), py::arg("return_argmax"), py::arg("dtype"),
+        "Pooled lookups over a reduced-precision table; see embtab.gather_bags.");
+  m.def("to_bfloat16_bits", &to_bfloat16, py::arg("x"), py::arg("out"),
+        "float32 -> bfloat16 bits (uint16), round to nearest even; see embtab.to_bfloat16.");
+  m.def("quantize_rows_8bit", &quantize_rows_8bit, py::arg("table"),
+        "Row-wise 8-bit quantization into packed rows; see embtab.quantize_rows.");
+}
+
+}  // namespace bind
+}  // namespace embtab

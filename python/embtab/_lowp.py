@@ -1,0 +1,283 @@
+"""Reduced-precision tables: float16, bfloat16 and row-wise 8-bit.
+
+Lookups over these tables (``embtab.gather`` / ``embtab.gather_bags``) widen each row to float32 as
+it is read, accumulate in float32 and return float32: the same result as the float32 lookup on the
+upcast table (``table.astype(np.float32)``, ``BFloat16Table.to_float32()`` or
+``QuantizedTable.dequantize()``), with half (float16, bfloat16) or about a quarter (8-bit) of the
+table's bytes read.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional, Tuple, Union
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import _core
+from ._arrays import as_ids
+
+__all__ = ["BFloat16Table", "QuantizedTable", "quantize_rows", "to_bfloat16"]
+
+_FORMATS = ("float16", "bfloat16", "int8")
+
+
+class BFloat16Table:
+    """A table of bfloat16 values, stored as their uint16 bit patterns (numpy has no bfloat16).
+
+    A bfloat16 is the upper half of a float32: same sign and 8-bit exponent, 7 mantissa bits.
+    Build one with :func:`to_bfloat16`, or wrap existing bits (e.g. from
+    ``torch_tensor.view(torch.int16).numpy().view(np.uint16)``) with ``BFloat16Table(bits)``.
+
+    Parameters
+    ----------
+    data : ndarray of uint16, shape (num_rows, dim)
+        The bit patterns. Wrapped, not copied.
+    """
+
+    dtype = "bfloat16"
+
+    def __init__(self, data: NDArray[np.uint16]) -> None:
+        if not isinstance(data, np.ndarray):
+            raise TypeError(f"data must be a numpy array of uint16, got {type(data).__name__}")
+        if data.dtype != np.uint16:
+            raise TypeError(f"data must have dtype uint16 (bfloat16 bit patterns), got {data.dtype}")
+        if data.ndim != 2:
+            raise ValueError(f"data must be 2-D (num_rows, dim), got shape {data.shape}")
+        self.data = data
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(num_rows, dim)."""
+        return (int(self.data.shape[0]), int(self.data.shape[1]))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes)
+
+    def to_float32(self) -> NDArray[np.float32]:
+        """The exact float32 values (each bfloat16 widened by 16 zero bits)."""
+        return (self.data.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+    def __repr__(self) -> str:
+        return f"BFloat16Table(shape={self.shape})"
+
+
+class QuantizedTable:
+    """A row-wise 8-bit quantized table: one uint8 code per value plus a float32 scale and bias
+    per row; code ``q`` of row ``r`` stands for ``float32(q) * scale[r] + bias[r]`` (in float32,
+    rounded after the product and after the sum).
+
+    The rows are stored packed, ``dim`` codes followed by the 4 bytes of the scale and the 4 bytes
+    of the bias (``packed`` has shape ``(num_rows, dim + 8)``, the layout of FBGEMM's 8-bit
+    row-wise tables, e.g. ``torch.ops.quantized.embedding_bag_byte_prepack``), so that a lookup
+    reads one contiguous span per row (scale and bias in native byte order). ``data`` is a view
+    into it; ``scale`` and ``bias`` are copies.
+
+    Build one with :func:`quantize_rows`, from parts with ``QuantizedTable(data, scale, bias)``,
+    or wrap packed rows with :meth:`from_packed`.
+    """
+
+    dtype = "int8"
+    bits = 8
+
+    def __init__(self, data: NDArray[np.uint8], scale: ArrayLike, bias: ArrayLike) -> None:
+        data = np.asarray(data)
+        if data.dtype != np.uint8:
+            raise TypeError(f"data must have dtype uint8, got {data.dtype}")
+        if data.ndim != 2:
+            raise ValueError(f"data must be 2-D (num_rows, dim), got shape {data.shape}")
+        num_rows, dim = data.shape
+        packed = np.empty((num_rows, dim + 8), np.uint8)
+        packed[:, :dim] = data
+        for name, values, col in (("scale", scale, dim), ("bias", bias, dim + 4)):
+            arr = np.asarray(values)
+            if arr.dtype.kind != "f":
+                raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
+            if arr.shape != (num_rows,):
+                raise ValueError(f"{name} must have shape ({num_rows},), one per row, got {arr.shape}")
+            packed[:, col : col + 4] = arr.astype(np.float32).view(np.uint8).reshape(num_rows, 4)
+        self.packed = packed
+
+    @classmethod
+    def from_packed(cls, packed: NDArray[np.uint8]) -> "QuantizedTable":
+        """Wrap packed rows of shape ``(num_rows, dim + 8)`` without copying."""
+        if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8:
+            raise TypeError("packed must be a numpy array of dtype uint8")
+        if packed.ndim != 2 or packed.shape[1] < 8:
+            raise ValueError(f"packed must be 2-D with dim + 8 >= 8 columns, got shape {packed.shape}")
+        self = cls.__new__(cls)
+        self.packed = packed
+        return self
+
+    @property
+    def shape(self) -> Tuple[int, int]:
+        """(num_rows, dim) of the table it stands for."""
+        return (int(self.packed.shape[0]), int(self.packed.shape[1]) - 8)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.packed.nbytes)
+
+    @property
+    def data(self) -> NDArray[np.uint8]:
+        """The codes, a (num_rows, dim) view."""
+        return self.packed[:, : self.shape[1]]
+
+    def _column(self, start: int) -> NDArray[np.float32]:
+        num_rows = self.shape[0]
+        raw = np.ascontiguousarray(self.packed[:, start : start + 4])
+        return raw.view(np.float32).reshape(num_rows)
+
+    @property
+    def scale(self) -> NDArray[np.float32]:
+        """Per-row float32 scale (a copy)."""
+        return self._column(self.shape[1])
+
+    @property
+    def bias(self) -> NDArray[np.float32]:
+        """Per-row float32 bias, the row's minimum (a copy)."""
+        return self._column(self.shape[1] + 4)
+
+    def dequantize(self) -> NDArray[np.float32]:
+        """The float32 table the codes stand for: ``data * scale[:, None] + bias[:, None]``."""
+        out = self.data.astype(np.float32)
+        out *= self.scale[:, None]
+        out += self.bias[:, None]
+        return out
+
+    def __repr__(self) -> str:
+        return f"QuantizedTable(shape={self.shape}, bits={self.bits})"
+
+
+
+def _aligned_empty(shape: Tuple[int, ...], dtype: Any, alignment: int = 64) -> NDArray[Any]:
+    """An uninitialized C-contiguous array whose data starts on a cache line: a row of 128
+    bfloat16 values then spans 4 cache lines instead of 5."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buffer = np.empty(nbytes + alignment, np.uint8)
+    start = -buffer.ctypes.data % alignment
+    return buffer[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def to_bfloat16(x: ArrayLike) -> BFloat16Table:
+    """Round a table to bfloat16: round to nearest, ties to even.
+
+    Parameters
+    ----------
+    x : array_like, shape (num_rows, dim), float32 (float16 / float64 are converted to float32 first)
+
+    Returns
+    -------
+    BFloat16Table
+        Its data starts on a 64-byte boundary (so rows of 32 values or multiples of it fill
+        whole cache lines). Infinities stay infinite, values beyond the largest bfloat16 round to infinity, and a NaN
+        stays a NaN (made quiet, sign kept), as ``torch.Tensor.to(torch.bfloat16)`` does.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a float array.
+    ValueError
+        ``x`` is not 2-D.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"x must be a float array, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"x must be 2-D (num_rows, dim), got shape {arr.shape}")
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    return BFloat16Table(_core.to_bfloat16_bits(arr, _aligned_empty(arr.shape, np.uint16)))
+
+
+def quantize_rows(table: ArrayLike, bits: int = 8) -> QuantizedTable:
+    """Quantize each row to 8-bit codes with its own float32 scale and bias (asymmetric min/max).
+
+    Per row: ``bias = min(row)``, ``scale = float32((max(row) - min(row)) / 255)`` and code
+    ``q = rint((x - bias) / scale)`` (ties to even; computed in float64, clamped to [0, 255]), so
+    each value decodes to within about ``scale / 2`` of itself and the row's minimum and maximum
+    are codes 0 and 255. A constant row (or one whose range rounds to a zero scale) gets
+    ``scale = 0`` and all codes 0: it decodes exactly to its value.
+
+    Parameters
+    ----------
+    table : array_like, shape (num_rows, dim), float32 (float16 / float64 are converted to float32)
+    bits : int
+        Only 8 is supported.
+
+    Returns
+    -------
+    QuantizedTable
+
+    Raises
+    ------
+    TypeError
+        ``table`` is not a float array.
+    ValueError
+        ``bits`` is not 8, ``table`` is not 2-D, or a row holds a NaN or an infinity (or has a
+        range ``max - min`` so close to the float32 limit that it would decode to infinity).
+    """
+    bits = operator.index(bits)
+    if bits != 8:
+        raise ValueError(f"bits must be 8, got {bits}")
+    arr = np.asarray(table)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"table must be a float array, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        raise ValueError(f"table must be 2-D (num_rows, dim), got shape {arr.shape}")
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    return QuantizedTable.from_packed(_core.quantize_rows_8bit(arr))
+
+
+LowpTable = Union[BFloat16Table, QuantizedTable, NDArray[Any]]
+
+
+def handles(table: Any, dtype: Optional[str]) -> bool:
+    """True when ``embtab.gather``/``gather_bags`` should route ``table`` here."""
+    if dtype is not None or isinstance(table, (BFloat16Table, QuantizedTable)):
+        return True
+    return isinstance(table, np.ndarray) and table.dtype in (np.float16, np.uint16)
+
+
+def _storage(table: Any, dtype: Optional[str]) -> Tuple[Any, str]:
+    """The stored array and its format name for the compiled layer."""
+    if dtype is not None and dtype not in _FORMATS:
+        raise ValueError(f"dtype must be None, 'float16', 'bfloat16' or 'int8', got {dtype!r}")
+    if isinstance(table, (BFloat16Table, QuantizedTable)):
+        if dtype is not None and dtype != table.dtype:
+            raise ValueError(f"dtype={dtype!r} does not match a {type(table).__name__} (dtype {table.dtype!r})")
+        return (table.data if isinstance(table, BFloat16Table) else table.packed), table.dtype
+    if not isinstance(table, np.ndarray):
+        raise TypeError(f"table must be a numpy array, a BFloat16Table or a QuantizedTable, got {type(table).__name__}")
+    if dtype is None:
+        if table.dtype == np.uint16:
+            raise TypeError("a uint16 table needs dtype='bfloat16' (embtab stores bfloat16 values as uint16 bits)")
+        dtype = "float16"
+    if dtype == "int8":
+        raise TypeError("an 8-bit table must be a QuantizedTable (see embtab.quantize_rows)")
+    return table, dtype
+
+
+def _weights(weights: Any) -> Any:
+    if weights is None or isinstance(weights, np.ndarray):
+        return weights
+    return np.asarray(weights, dtype=np.float32)
+
+
+def gather(table: Any, ids: ArrayLike, *, out: Optional[NDArray[np.float32]] = None,
+           dtype: Optional[str] = None) -> NDArray[np.float32]:
+    storage, fmt = _storage(table, dtype)
+    return _core.lowp_gather(storage, as_ids(ids), out, fmt)
+
+
+def gather_bags(table: Any, ids: ArrayLike, offsets: Optional[ArrayLike] = None, *, mode: str = "sum",
+                weights: Optional[ArrayLike] = None, out: Optional[NDArray[np.float32]] = None,
+                return_argmax: bool = False, dtype: Optional[str] = None) -> Any:
+    storage, fmt = _storage(table, dtype)
+    if offsets is not None:
+        offsets = as_ids(offsets)
+    return _core.lowp_gather_bags(storage, as_ids(ids), offsets, mode, _weights(weights), out, return_argmax, fmt)
