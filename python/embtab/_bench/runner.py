@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     config = Config.make(args.quick)
     repeats = args.repeats or (3 if args.quick else 7)
     thread_counts = args.threads or [embtab.get_num_threads()]
+    # torch's OpenMP workers spin for a while after each call by default and would steal the CPUs
+    # from whatever runs next; passive waiting keeps the measurements independent.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     torch = optional_import("torch")
     if torch is not None:
         # Give torch the same CPUs as embtab for a fair comparison.
@@ -137,11 +140,14 @@ def run(args: argparse.Namespace) -> int:
                 case.check(case.run(), base_res)
             for name, check in case.peer_checks.items():
                 check(case.run(), case.peers[name]())
+            embtab_times = {}
+            for threads in thread_counts:
+                embtab.set_num_threads(threads)
+                embtab_times[threads] = measure(case.run, reps)
             base_times = measure(case.baseline, reps) if case.baseline is not None else None
             peer_times = {name: measure(fn, reps) for name, fn in case.peers.items()}
             for threads in thread_counts:
-                embtab.set_num_threads(threads)
-                times = measure(case.run, reps)
+                times = embtab_times[threads]
                 t = statistics.median(times)
                 base_t = statistics.median(base_times) if base_times else None
                 row: Dict[str, Any] = {
