@@ -271,3 +271,29 @@ def test_bounds_zero_with_valid_ids_counts_nothing():
     np.testing.assert_array_equal(result, table[[0, 3]])
     with pytest.raises(ValueError, match="bounds"):
         embtab.gather(table, np.array([0]), bounds="clip")
+
+
+def test_large_outputs_reuse_pooled_memory_correctly():
+    # Outputs of 1 MB and more come from a pool of reused blocks (not zeroed): every byte must
+    # still be written, also for empty bags, invalid ids read as zero rows, and argmax.
+    rng = np.random.default_rng(9)
+    table = rng.standard_normal((3000, 256)).astype(np.float32)
+    for _ in range(3):
+        junk = embtab.gather(table, rng.integers(0, 3000, 4000))  # fills a pooled block
+        junk[...] = np.nan
+        del junk
+        ids = rng.integers(-5, 3005, 4000)
+        valid = (ids >= 0) & (ids < 3000)
+        got, invalid = embtab.gather(table, ids, bounds="zero")
+        assert invalid == int((~valid).sum())
+        np.testing.assert_array_equal(got[valid], table[ids[valid]])
+        assert not got[~valid].any()
+        junk = embtab.gather_bags(table, rng.integers(0, 3000, (1100, 3)))
+        junk[...] = np.nan
+        del junk
+        offsets = np.sort(rng.integers(0, 2000, 1101))
+        offsets[0], offsets[-1] = 0, 2000
+        bag_ids = rng.integers(0, 3000, 2000)
+        pooled, argmax = embtab.gather_bags(table, bag_ids, offsets, mode="max", return_argmax=True)
+        np.testing.assert_allclose(pooled, numpy_bags(table, bag_ids, offsets, "max"))
+        assert not np.isnan(pooled).any()

@@ -60,7 +60,7 @@ LowpTable check_table(const py::handle& obj, const std::string& format_name) {
 // Allocates a float32 `out` or checks the caller's.
 py::array prepare_output(const py::object& out, const std::vector<py::ssize_t>& shape) {
   const py::dtype f32 = py::dtype::of<float>();
-  if (out.is_none()) return py::array(f32, shape);
+  if (out.is_none()) return aligned_empty(f32, shape);
   py::array given = require_array(out, "out");
   require_output(given, f32, shape, "out");
   return given;

@@ -1,5 +1,7 @@
 #include "bindings/validate.hpp"
 
+#include "kernels/buffer_pool.hpp"
+
 #include <pybind11/stl.h>
 
 #include <sstream>
@@ -82,16 +84,32 @@ void require_output(const py::array& out, const py::dtype& dtype, const std::vec
 }
 
 py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
-  constexpr py::ssize_t kAlign = 64;
   py::ssize_t count = 1;
   for (py::ssize_t extent : shape) count *= extent;
-  const py::ssize_t bytes = count * dtype.itemsize();
-  py::array_t<std::uint8_t> buffer(bytes + kAlign);
-  const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
-  const py::ssize_t skip = static_cast<py::ssize_t>((kAlign - address % kAlign) % kAlign);
-  py::object np = py::module_::import("numpy");
-  py::object view = buffer[py::slice(skip, skip + bytes, 1)].attr("view")(dtype).attr("reshape")(py::tuple(py::cast(shape)));
-  return view.cast<py::array>();
+  const std::size_t bytes = static_cast<std::size_t>(count) * static_cast<std::size_t>(dtype.itemsize());
+  if (bytes < kMinPooledBytes) {
+    // Small outputs: numpy's allocator, over-allocated by 64 bytes and viewed from a 64-byte boundary.
+    constexpr py::ssize_t kAlign = 64;
+    py::array_t<std::uint8_t> buffer(static_cast<py::ssize_t>(bytes) + kAlign);
+    const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
+    const py::ssize_t skip = static_cast<py::ssize_t>((kAlign - address % kAlign) % kAlign);
+    py::object view = buffer[py::slice(skip, skip + static_cast<py::ssize_t>(bytes), 1)].attr("view")(dtype);
+    return view.attr("reshape")(py::tuple(py::cast(shape))).cast<py::array>();
+  }
+  // Large outputs: a reusable block from the buffer pool, returned to it when the array dies.
+  std::size_t capacity = 0;
+  void* block = pool_acquire(bytes, &capacity);
+  struct Owner {
+    void* block;
+    std::size_t capacity;
+  };
+  auto* owner = new Owner{block, capacity};
+  py::capsule base(owner, [](void* p) {
+    auto* o = static_cast<Owner*>(p);
+    pool_release(o->block, o->capacity);
+    delete o;
+  });
+  return py::array(dtype, shape, block, base);
 }
 
 std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids) {
