@@ -32,3 +32,14 @@ def as_values(values: Any, like: Any) -> Any:
         return values
     dtype = like.dtype if isinstance(like, np.ndarray) else None
     return np.asarray(values, dtype=dtype)
+
+
+def aligned_empty(shape: Any, dtype: Any, alignment: int = 64) -> Any:
+    """An uninitialized C-contiguous array whose data starts on a cache-line boundary (numpy's
+    large arrays start 16 bytes past one), so that a row of 512 bytes spans 8 cache lines, not 9."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(x) for x in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buffer = np.empty(nbytes + alignment, np.uint8)
+    start = -buffer.ctypes.data % alignment
+    return buffer[start : start + nbytes].view(dtype).reshape(shape)

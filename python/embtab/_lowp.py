@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core
-from ._arrays import as_ids
+from ._arrays import aligned_empty, as_ids
 
 __all__ = ["BFloat16Table", "QuantizedTable", "quantize_rows", "to_bfloat16"]
 
@@ -152,16 +152,6 @@ class QuantizedTable:
 
 
 
-def _aligned_empty(shape: Tuple[int, ...], dtype: Any, alignment: int = 64) -> NDArray[Any]:
-    """An uninitialized C-contiguous array whose data starts on a cache line: a row of 128
-    bfloat16 values then spans 4 cache lines instead of 5."""
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    buffer = np.empty(nbytes + alignment, np.uint8)
-    start = -buffer.ctypes.data % alignment
-    return buffer[start : start + nbytes].view(dtype).reshape(shape)
-
-
 def to_bfloat16(x: ArrayLike) -> BFloat16Table:
     """Round a table to bfloat16: round to nearest, ties to even.
 
@@ -190,7 +180,7 @@ def to_bfloat16(x: ArrayLike) -> BFloat16Table:
         raise ValueError(f"x must be 2-D (num_rows, dim), got shape {arr.shape}")
     if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
-    return BFloat16Table(_core.to_bfloat16_bits(arr, _aligned_empty(arr.shape, np.uint16)))
+    return BFloat16Table(_core.to_bfloat16_bits(arr, aligned_empty(arr.shape, np.uint16)))
 
 
 def quantize_rows(table: ArrayLike, bits: int = 8) -> QuantizedTable:

@@ -7,13 +7,16 @@ from typing import Any, List
 import numpy as np
 
 import embtab
+from embtab._arrays import aligned_empty
 
 from .common import Case, Config, assert_close, assert_equal, optional_import
 
 
 def cases(config: Config) -> List[Case]:
     rng = np.random.default_rng(config.seed)
-    table = rng.standard_normal((config.num_rows, config.dim), dtype=np.float32)
+    # A cache-line aligned table (as embtab's layers allocate them); numpy and torch get the same one.
+    table = aligned_empty((config.num_rows, config.dim), np.float32)
+    table[...] = rng.standard_normal((config.num_rows, config.dim), dtype=np.float32)
     row_bytes = config.dim * table.itemsize
     ids = rng.integers(0, config.num_rows, config.gather_ids, dtype=np.int64)
     bag_ids = rng.integers(0, config.num_rows, (config.num_bags, config.bag_len), dtype=np.int64)
