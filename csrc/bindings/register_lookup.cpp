@@ -94,21 +94,7 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
   const IndexKind ids_kind = require_index(ids_in, "ids");
   const py::array ids = c_contiguous(ids_in);
 
-  std::vector<std::int64_t> offsets;
-  if (ids.ndim() == 2) {
-    if (!offsets_obj.is_none())
-      throw py::value_error("offsets must be None when ids is 2-D (num_bags, bag_len); got offsets with 2-D ids " +
-                            shape_str(ids));
-    const std::int64_t num_bags = ids.shape(0), bag_len = ids.shape(1);
-    offsets.resize(static_cast<std::size_t>(num_bags) + 1);
-    for (std::int64_t b = 0; b <= num_bags; ++b) offsets[static_cast<std::size_t>(b)] = b * bag_len;
-  } else if (ids.ndim() == 1) {
-    if (offsets_obj.is_none())
-      throw py::value_error("offsets is required when ids is 1-D (CSR bags); pass 2-D ids for fixed-length bags");
-    offsets = check_offsets(offsets_obj, ids.shape(0));
-  } else {
-    throw py::value_error("ids must be 1-D with offsets, or 2-D (num_bags, bag_len), got shape " + shape_str(ids));
-  }
+  const std::vector<std::int64_t> offsets = bag_offsets(ids, offsets_obj);
   const std::int64_t num_bags = static_cast<std::int64_t>(offsets.size()) - 1;
 
   py::array weights;  // (a default py::array is an empty array, not null: test has_weights)

@@ -97,26 +97,6 @@ PoolMode parse_mode(const std::string& mode) {
   throw py::value_error("mode must be 'sum', 'mean' or 'max', got '" + mode + "'");
 }
 
-// Bag boundaries, by the rules of embtab.gather_bags (as in register_lookup.cpp): 2-D ids are
-// fixed-length bags without offsets, 1-D ids need CSR offsets.
-std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj) {
-  std::vector<std::int64_t> offsets;
-  if (ids.ndim() == 2) {
-    if (!offsets_obj.is_none())
-      throw py::value_error("offsets must be None when ids is 2-D (num_bags, bag_len); got offsets with 2-D ids " +
-                            shape_str(ids));
-    const std::int64_t num_bags = ids.shape(0), bag_len = ids.shape(1);
-    offsets.resize(static_cast<std::size_t>(num_bags) + 1);
-    for (std::int64_t b = 0; b <= num_bags; ++b) offsets[static_cast<std::size_t>(b)] = b * bag_len;
-  } else if (ids.ndim() == 1) {
-    if (offsets_obj.is_none())
-      throw py::value_error("offsets is required when ids is 1-D (CSR bags); pass 2-D ids for fixed-length bags");
-    offsets = check_offsets(offsets_obj, ids.shape(0));
-  } else {
-    throw py::value_error("ids must be 1-D with offsets, or 2-D (num_bags, bag_len), got shape " + shape_str(ids));
-  }
-  return offsets;
-}
 
 py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, const py::object& offsets_obj,
                        const std::string& mode_name, const py::object& weights_obj, const py::object& out_obj,

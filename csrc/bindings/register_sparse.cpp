@@ -187,22 +187,7 @@ Bags check_bags(const py::handle& grad_out_obj, const py::handle& ids_obj, const
   const PoolMode mode = parse_mode(mode_name);
   Ids ids = check_ids(ids_obj);
 
-  std::vector<std::int64_t> offsets;
-  if (ids.array.ndim() == 2) {
-    if (!offsets_obj.is_none())
-      throw py::value_error("offsets must be None when ids is 2-D (num_bags, bag_len); got offsets with 2-D ids " +
-                            shape_str(ids.array));
-    const std::int64_t num_bags = ids.array.shape(0), bag_len = ids.array.shape(1);
-    offsets.resize(static_cast<std::size_t>(num_bags) + 1);
-    for (std::int64_t b = 0; b <= num_bags; ++b) offsets[static_cast<std::size_t>(b)] = b * bag_len;
-  } else if (ids.array.ndim() == 1) {
-    if (offsets_obj.is_none())
-      throw py::value_error("offsets is required when ids is 1-D (CSR bags); pass 2-D ids for fixed-length bags");
-    offsets = check_offsets(offsets_obj, ids.n);
-  } else {
-    throw py::value_error("ids must be 1-D with offsets, or 2-D (num_bags, bag_len), got shape " +
-                          shape_str(ids.array));
-  }
+  std::vector<std::int64_t> offsets = bag_offsets(ids.array, offsets_obj);
   const std::int64_t num_bags = static_cast<std::int64_t>(offsets.size()) - 1;
   const std::int64_t dim = grad_out.shape(1);
   if (grad_out.shape(0) != num_bags)

@@ -51,6 +51,10 @@ py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& 
 // num_ids. Returned as int64.
 std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids);
 
+// Bag boundaries by the rules of gather_bags: 2-D ids (num_bags, bag_len) are fixed-length bags
+// and take no offsets; 1-D ids need CSR offsets (checked as check_offsets does). int64.
+std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj);
+
 // Throws IndexError for the id at flat position `pos` of `ids` (shape `shape`).
 [[noreturn]] void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows,
                                const char* name = "ids");
