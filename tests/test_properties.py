@@ -346,8 +346,6 @@ def test_coalesce_is_unique_and_add_at(data: Any, dtype: Any, index_dtype: Any, 
     assert_same_bits(sums, expected_sums)
 
 
-@pytest.mark.xfail(strict=True, reason="coalesce copies a row's first value instead of adding it to +0.0: "
-                   "a sum of -0.0 alone is -0.0, np.add.at into zeros gives +0.0 (the docstring promises its bits)")
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_coalesce_of_negative_zero_is_add_at_into_zeros(dtype: Any) -> None:
     ids = np.array([3], np.int64)

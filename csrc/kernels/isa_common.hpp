@@ -40,6 +40,18 @@ EMBTAB_INLINE void row_copy(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src
   const std::int64_t n = D > 0 ? D : dim;
   for (std::int64_t j = 0; j < n; ++j) dst[j] = src[j];
 }
+// dst = 0 + src: a sum that starts from zero, as np.add.at into zeros (turns -0.0 into +0.0).
+template <int D, class T>
+EMBTAB_INLINE void row_copy_from_zero(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) dst[j] = T(0) + src[j];
+}
+template <int D, class T>
+EMBTAB_INLINE void row_scale_copy_from_zero(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, T w,
+                                            std::int64_t dim) {
+  const std::int64_t n = D > 0 ? D : dim;
+  for (std::int64_t j = 0; j < n; ++j) dst[j] = T(0) + w * src[j];
+}
 template <int D, class T>
 EMBTAB_INLINE void row_scale_copy(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, T w, std::int64_t dim) {
   const std::int64_t n = D > 0 ? D : dim;

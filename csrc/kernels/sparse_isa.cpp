@@ -268,7 +268,7 @@ struct ValuesSource {
     for (int64_t p = p0; p < p1; ++p) {
       if (p + ahead < p_end) prefetch_row(values + order[p + ahead] * dim, dim * int64_t(sizeof(T)));
       if (p == p0)
-        row_copy<D>(g, values + order[p] * dim, dim);
+        row_copy_from_zero<D>(g, values + order[p] * dim, dim);
       else
         row_add<D>(g, values + order[p] * dim, dim);
     }
@@ -306,12 +306,12 @@ struct BagsSource {
       if (!mean) {
         if (weights) {
           if (first)
-            row_scale_copy<D>(g, src, weights[pos], dim);
+            row_scale_copy_from_zero<D>(g, src, weights[pos], dim);
           else
             row_axpy<D>(g, src, weights[pos], dim);
         } else {
           if (first)
-            row_copy<D>(g, src, dim);
+            row_copy_from_zero<D>(g, src, dim);
           else
             row_add<D>(g, src, dim);
         }
