@@ -154,3 +154,23 @@ EMBTAB_INLINE typename VecOf<T>::type vsplat(T x) {
   for (unsigned k = 0; k < sizeof(v) / sizeof(T); ++k) v[k] = x;
   return v;
 }
+
+// Non-temporal store of one native vector to a kVecBytes-aligned address, in translation units
+// that include <immintrin.h> and define EMBTAB_HAVE_STREAM_STORES first; a plain store elsewhere.
+template <class T>
+EMBTAB_INLINE void vstream(T* p, typename VecOf<T>::type v) {
+#if !defined(EMBTAB_HAVE_STREAM_STORES)
+  vstore(p, v);
+#elif defined(__AVX512F__)
+  if (sizeof(T) == 4) _mm512_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m512&>(v));
+  else _mm512_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m512d&>(v));
+#elif defined(__AVX__)
+  if (sizeof(T) == 4) _mm256_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m256&>(v));
+  else _mm256_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m256d&>(v));
+#elif defined(__SSE2__)
+  if (sizeof(T) == 4) _mm_stream_ps(reinterpret_cast<float*>(p), reinterpret_cast<__m128&>(v));
+  else _mm_stream_pd(reinterpret_cast<double*>(p), reinterpret_cast<__m128d&>(v));
+#else
+  vstore(p, v);
+#endif
+}

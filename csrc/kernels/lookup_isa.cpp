@@ -105,6 +105,7 @@ void gather_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, int64_t beg
 
 // Outputs at least this large are written with non-temporal stores.
 constexpr int64_t kStreamOutputBytes = int64_t(8) << 20;
+constexpr int64_t kStreamBagOutputBytes = int64_t(2) << 20;
 
 template <class T, class I>
 int64_t gather(const T* table, int64_t num_rows, int64_t dim, const I* ids, int64_t n, T* out, const T* zero_row,
@@ -155,7 +156,7 @@ EMBTAB_INLINE void row_max_arg(T* EMBTAB_RESTRICT dst, int64_t* EMBTAB_RESTRICT 
 
 // One bag with the whole row accumulator in vector registers (D a multiple of the lane count).
 // Same operations in the same order as the generic loop in bags_range, so the same results.
-template <int D, PoolMode M, bool Weighted, class T, class I>
+template <int D, PoolMode M, bool Weighted, bool Stream, class T, class I>
 EMBTAB_INLINE bool bag_in_registers(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, int64_t s, int64_t e,
                                     int64_t ids_end, int64_t ahead, const T* EMBTAB_RESTRICT weights,
                                     T* EMBTAB_RESTRICT o) {
@@ -193,14 +194,17 @@ EMBTAB_INLINE bool bag_in_registers(const Rows<T>& rows, const I* EMBTAB_RESTRIC
     const V n = vsplat(static_cast<T>(e - s));
     for (int k = 0; k < NV; ++k) acc[k] = acc[k] / n;
   }
-  for (int k = 0; k < NV; ++k) vstore(o + k * L, acc[k]);
+  if (Stream)
+    for (int k = 0; k < NV; ++k) vstream(o + k * L, acc[k]);
+  else
+    for (int k = 0; k < NV; ++k) vstore(o + k * L, acc[k]);
   return true;
 }
 
 template <int D, PoolMode M, bool Weighted, bool Arg, class T, class I>
 void bags_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, const int64_t* offsets, int64_t bag_begin,
                 int64_t bag_end, const T* EMBTAB_RESTRICT weights, T* EMBTAB_RESTRICT out,
-                int64_t* EMBTAB_RESTRICT argmax) {
+                int64_t* EMBTAB_RESTRICT argmax, bool stream) {
   const int64_t dim = rows.dim;
   const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
   const int64_t ids_end = offsets[bag_end];
@@ -217,7 +221,9 @@ void bags_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, const int64_t
       continue;
     }
     if constexpr (kRegisters) {
-      if (!bag_in_registers<D, M, Weighted>(rows, ids, s, e, ids_end, ahead, weights, o)) return;
+      const bool ok = stream ? bag_in_registers<D, M, Weighted, true>(rows, ids, s, e, ids_end, ahead, weights, o)
+                             : bag_in_registers<D, M, Weighted, false>(rows, ids, s, e, ids_end, ahead, weights, o);
+      if (!ok) break;
       continue;
     }
     for (int64_t i = s; i < e; ++i) {
@@ -251,6 +257,9 @@ void bags_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, const int64_t
     }
     if (M == PoolMode::mean) row_div<D>(o, static_cast<T>(e - s), dim);
   }
+#if defined(EMBTAB_HAVE_STREAM_STORES)
+  if (stream) _mm_sfence();
+#endif
 }
 
 template <PoolMode M, bool Weighted, bool Arg, class T, class I>
@@ -261,11 +270,15 @@ int64_t bags_mode(const Rows<T>& rows, const I* ids, const int64_t* offsets, int
   // Split bags between threads by (ids read + bags written), so that long bags balance.
   const int64_t work = (total + num_bags) * max_of<int64_t>(dim, 1);
   const int64_t chunks = min_of<int64_t>(get_num_threads(), max_of<int64_t>(1, work / 65536));
+  // A large pooled output streams to memory (non-temporal stores) instead of being read first.
+  const int64_t row_bytes = dim * int64_t(sizeof(T));
+  const bool stream = num_bags * row_bytes >= kStreamBagOutputBytes && row_bytes % 64 == 0 &&
+                      reinterpret_cast<std::uintptr_t>(out) % 64 == 0;
   parallel_for(static_cast<std::size_t>(chunks), 1, [&](std::size_t c0, std::size_t c1) {
     for (std::size_t c = c0; c < c1; ++c) {
       const int64_t b0 = bag_chunk_begin(offsets, num_bags, int64_t(c), chunks);
       const int64_t b1 = bag_chunk_begin(offsets, num_bags, int64_t(c) + 1, chunks);
-      if (b0 < b1) EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(rows, ids, offsets, b0, b1, weights, out, argmax));
+      if (b0 < b1) EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(rows, ids, offsets, b0, b1, weights, out, argmax, stream));
     }
   });
   return *rows.first_bad;
