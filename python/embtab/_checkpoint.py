@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Any, Callable, Dict, Tuple, Type
+from typing import Any, Dict, Type
 
 import numpy as np
 

@@ -15,7 +15,6 @@ BoundsMode = Literal["raise", "zero"]
 Table = Union[NDArray[Any], _lowp.BFloat16Table, _lowp.QuantizedTable]
 
 
-
 def _no_bounds_for_lowp(bounds: str) -> None:
     if bounds != "raise":
         raise ValueError("bounds='zero' is only supported for float32/float64 tables")
