@@ -77,13 +77,6 @@ bool parse_bounds(const std::string& bounds) {
   throw py::value_error("bounds must be 'raise' or 'zero', got '" + bounds + "'");
 }
 
-PoolMode parse_mode(const std::string& mode) {
-  if (mode == "sum") return PoolMode::sum;
-  if (mode == "mean") return PoolMode::mean;
-  if (mode == "max") return PoolMode::max;
-  throw py::value_error("mode must be 'sum', 'mean' or 'max', got '" + mode + "'");
-}
-
 py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, const py::object& offsets_obj,
                        const std::string& mode_name, const py::object& weights_obj, const py::object& out_obj,
                        bool return_argmax, const std::string& bounds) {
@@ -98,17 +91,8 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
   const std::int64_t num_bags = static_cast<std::int64_t>(offsets.size()) - 1;
 
   py::array weights;  // (a default py::array is an empty array, not null: test has_weights)
-  const bool has_weights = !weights_obj.is_none();
-  if (has_weights) {
-    if (mode == PoolMode::max) throw py::value_error("weights are only supported with mode 'sum' or 'mean', not 'max'");
-    py::array w = require_array(weights_obj, "weights");
-    if (!w.dtype().equal(table.array.dtype()))
-      throw py::type_error("weights must have the table's dtype " + dtype_str(table.array) + ", got " + dtype_str(w));
-    const std::vector<py::ssize_t> wshape(w.shape(), w.shape() + w.ndim()), ishape(ids.shape(), ids.shape() + ids.ndim());
-    if (wshape != ishape)
-      throw py::value_error("weights must have the shape of ids " + shape_str(ids) + ", got " + shape_str(w));
-    weights = c_contiguous(w);
-  }
+  const bool has_weights = check_bag_weights(weights_obj, mode, table.array.dtype(),
+                                             "the table's dtype " + dtype_str(table.array), ids, &weights);
   if (return_argmax && mode != PoolMode::max) throw py::value_error("return_argmax=True requires mode='max'");
 
   py::array out = prepare_output(out_obj, table.array.dtype(), {num_bags, table.dim});

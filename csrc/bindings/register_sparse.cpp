@@ -159,13 +159,6 @@ py::tuple coalesce(const py::handle& ids_obj, const py::handle& values_obj) {
 // ---------------------------------------------------------------------------------------------
 // Bags
 
-PoolMode parse_mode(const std::string& mode) {
-  if (mode == "sum") return PoolMode::sum;
-  if (mode == "mean") return PoolMode::mean;
-  if (mode == "max") return PoolMode::max;
-  throw py::value_error("mode must be 'sum', 'mean' or 'max', got '" + mode + "'");
-}
-
 struct Bags {
   Ids ids;
   std::vector<std::int64_t> offsets;
@@ -195,16 +188,8 @@ Bags check_bags(const py::handle& grad_out_obj, const py::handle& ids_obj, const
                           ", dim), got " + shape_str(grad_out));
 
   py::array weights;
-  const bool has_weights = !weights_obj.is_none();
-  if (has_weights) {
-    if (mode == PoolMode::max) throw py::value_error("weights are only supported with mode 'sum' or 'mean', not 'max'");
-    const py::array w = require_array(weights_obj, "weights");
-    if (!w.dtype().equal(grad_out.dtype()))
-      throw py::type_error("weights must have the dtype of grad_out " + dtype_str(grad_out) + ", got " + dtype_str(w));
-    if (shape_of(w) != shape_of(ids.array))
-      throw py::value_error("weights must have the shape of ids " + shape_str(ids.array) + ", got " + shape_str(w));
-    weights = c_contiguous(w);
-  }
+  const bool has_weights = check_bag_weights(weights_obj, mode, grad_out.dtype(),
+                                             "the dtype of grad_out " + dtype_str(grad_out), ids.array, &weights);
 
   py::array argmax;
   if (mode == PoolMode::max) {

@@ -156,6 +156,26 @@ std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& of
   return offsets;
 }
 
+PoolMode parse_mode(const std::string& mode) {
+  if (mode == "sum") return PoolMode::sum;
+  if (mode == "mean") return PoolMode::mean;
+  if (mode == "max") return PoolMode::max;
+  throw py::value_error("mode must be 'sum', 'mean' or 'max', got '" + mode + "'");
+}
+
+bool check_bag_weights(const py::object& weights_obj, PoolMode mode, const py::dtype& dtype,
+                       const std::string& dtype_owner, const py::array& ids, py::array* weights) {
+  if (weights_obj.is_none()) return false;
+  if (mode == PoolMode::max) throw py::value_error("weights are only supported with mode 'sum' or 'mean', not 'max'");
+  const py::array w = require_array(weights_obj, "weights");
+  if (!w.dtype().equal(dtype)) throw py::type_error("weights must have " + dtype_owner + ", got " + dtype_str(w));
+  const std::vector<py::ssize_t> wshape(w.shape(), w.shape() + w.ndim()), ishape(ids.shape(), ids.shape() + ids.ndim());
+  if (wshape != ishape)
+    throw py::value_error("weights must have the shape of ids " + shape_str(ids) + ", got " + shape_str(w));
+  *weights = c_contiguous(w);
+  return true;
+}
+
 void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows, const char* name) {
   const py::array flat = c_contiguous(ids);
   std::int64_t value = 0;

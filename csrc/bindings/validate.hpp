@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/lookup.hpp"
+
 namespace embtab {
 namespace bind {
 
@@ -54,6 +56,15 @@ std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int6
 // Bag boundaries by the rules of gather_bags: 2-D ids (num_bags, bag_len) are fixed-length bags
 // and take no offsets; 1-D ids need CSR offsets (checked as check_offsets does). int64.
 std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj);
+
+// "sum" / "mean" / "max"; ValueError otherwise.
+PoolMode parse_mode(const std::string& mode);
+
+// Per-id weights of a bag lookup: None (returns false), or an array of exactly `dtype` (TypeError
+// naming `dtype_owner`, e.g. "the table's dtype float32") with the shape of ids; refused for
+// mode="max". The checked C-contiguous array goes to *weights.
+bool check_bag_weights(const py::object& weights_obj, PoolMode mode, const py::dtype& dtype,
+                       const std::string& dtype_owner, const py::array& ids, py::array* weights);
 
 // Throws IndexError for the id at flat position `pos` of `ids` (shape `shape`).
 [[noreturn]] void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows,
