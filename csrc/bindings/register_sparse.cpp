@@ -10,6 +10,7 @@
 
 #include "bindings/register.hpp"
 #include "bindings/validate.hpp"
+#include "kernels/buffer_pool.hpp"
 #include "kernels/lookup.hpp"
 #include "kernels/sparse.hpp"
 #include "kernels/write_region.hpp"
@@ -62,19 +63,20 @@ void require_in_place(const py::array& a, const py::dtype& dtype, const char* na
 }
 
 // Owns the buffers of a SparsePlan.
+// Scratch of a plan. From the buffer pool: fresh pages for it would cost more than the sort.
 struct PlanStorage {
-  std::unique_ptr<unsigned char[]> work;
-  std::unique_ptr<std::int64_t[]> order, seg, rows;
+  PooledArray<unsigned char> work;
+  PooledArray<std::int64_t> order, seg, rows;
   SparsePlan plan;
 };
 
 // Sorts and validates ids against num_rows (< 0: no upper bound) with the GIL released.
 void build_plan(const Ids& ids, std::int64_t num_rows, PlanStorage& st) {
   const std::size_t n = static_cast<std::size_t>(ids.n);
-  st.work.reset(new unsigned char[static_cast<std::size_t>(kPlanWorkBytesPerId) * n + 8]);
-  st.order.reset(new std::int64_t[n + 1]);
-  st.seg.reset(new std::int64_t[n + 1]);
-  st.rows.reset(new std::int64_t[n + 1]);
+  st.work.reset(static_cast<std::size_t>(kPlanWorkBytesPerId) * n + 8);
+  st.order.reset(n + 1);
+  st.seg.reset(n + 1);
+  st.rows.reset(n + 1);
   const PlanBuffers buffers{st.work.get(), st.order.get(), st.seg.get(), st.rows.get()};
   const std::int64_t bad = visit_index(ids.kind, [&](auto itag) {
     using I = decltype(itag);
@@ -93,9 +95,9 @@ void build_plan(const Ids& ids, std::int64_t num_rows, PlanStorage& st) {
                         " is negative (ids are row numbers, >= 0)");
 }
 
-py::array_t<std::int64_t> rows_array(const SparsePlan& plan) {
-  py::array_t<std::int64_t> rows(static_cast<py::ssize_t>(plan.num_unique));
-  std::int64_t* out = rows.mutable_data();
+py::array rows_array(const SparsePlan& plan) {
+  py::array rows = aligned_empty(py::dtype::of<std::int64_t>(), {static_cast<py::ssize_t>(plan.num_unique)});
+  std::int64_t* out = static_cast<std::int64_t*>(rows.mutable_data());
   for (std::int64_t k = 0; k < plan.num_unique; ++k) out[k] = plan.rows[k];
   return rows;
 }
@@ -140,8 +142,8 @@ py::tuple coalesce(const py::handle& ids_obj, const py::handle& values_obj) {
 
   PlanStorage st;
   build_plan(ids, -1, st);
-  py::array_t<std::int64_t> rows = rows_array(st.plan);
-  py::array sums(values.dtype(), Shape{static_cast<py::ssize_t>(st.plan.num_unique), static_cast<py::ssize_t>(dim)});
+  py::array rows = rows_array(st.plan);
+  py::array sums = aligned_empty(values.dtype(), Shape{static_cast<py::ssize_t>(st.plan.num_unique), static_cast<py::ssize_t>(dim)});
   visit_float(kind, [&](auto ttag) {
     using T = decltype(ttag);
     GradSource<T> source;
@@ -223,8 +225,8 @@ GradSource<T> bag_source(const Bags& bags, const std::int64_t* bag_of) {
   return source;
 }
 
-std::unique_ptr<std::int64_t[]> make_bag_of(const Bags& bags) {
-  std::unique_ptr<std::int64_t[]> bag_of(new std::int64_t[static_cast<std::size_t>(bags.ids.n) + 1]);
+PooledArray<std::int64_t> make_bag_of(const Bags& bags) {
+  PooledArray<std::int64_t> bag_of(static_cast<std::size_t>(bags.ids.n) + 1);
   std::int64_t* out = bag_of.get();
   const std::int64_t* offsets = bags.offsets.data();
   const std::int64_t num_bags = bags.num_bags;
@@ -239,10 +241,10 @@ py::tuple bags_grad(const py::handle& grad_out_obj, const py::handle& ids_obj, c
   const Bags bags = check_bags(grad_out_obj, ids_obj, offsets_obj, mode_name, weights_obj, argmax_obj);
   PlanStorage st;
   build_plan(bags.ids, num_rows, st);
-  const std::unique_ptr<std::int64_t[]> bag_of = make_bag_of(bags);
-  py::array_t<std::int64_t> rows = rows_array(st.plan);
-  py::array grads(bags.grad_out.dtype(),
-                  Shape{static_cast<py::ssize_t>(st.plan.num_unique), static_cast<py::ssize_t>(bags.dim)});
+  const PooledArray<std::int64_t> bag_of = make_bag_of(bags);
+  py::array rows = rows_array(st.plan);
+  py::array grads = aligned_empty(bags.grad_out.dtype(),
+                                  Shape{static_cast<py::ssize_t>(st.plan.num_unique), static_cast<py::ssize_t>(bags.dim)});
   visit_float(bags.kind, [&](auto ttag) {
     using T = decltype(ttag);
     const GradSource<T> source = bag_source<T>(bags, bag_of.get());
@@ -370,7 +372,7 @@ void optim_step_bags(const std::string& kind_name, const py::handle& table_obj, 
                           std::to_string(t.dim) + "), got " + shape_str(bags.grad_out));
   PlanStorage st;
   build_plan(bags.ids, t.num_rows, st);
-  const std::unique_ptr<std::int64_t[]> bag_of = make_bag_of(bags);
+  const PooledArray<std::int64_t> bag_of = make_bag_of(bags);
   const Hyper h{lr, eps, beta1, beta2, weight_decay};
   visit_float(t.kind, [&](auto ttag) {
     using T = decltype(ttag);

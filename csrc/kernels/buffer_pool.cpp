@@ -51,7 +51,7 @@ void* allocate(std::size_t capacity) {
 }  // namespace
 
 void* pool_acquire(std::size_t bytes, std::size_t* capacity) {
-  const std::size_t want = round_capacity(bytes);
+  const std::size_t want = round_capacity(bytes > 0 ? bytes : 1);
   {
     std::lock_guard<std::mutex> lock(g_pool->mutex);
     // The smallest cached block that fits, if it is not much larger than asked for.

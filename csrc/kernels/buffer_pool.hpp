@@ -25,4 +25,32 @@ void pool_clear() noexcept;
 // Bytes held in the cache now.
 std::size_t pool_cached_bytes() noexcept;
 
+// Scratch memory from the pool, released when it goes out of scope.
+template <class T>
+class PooledArray {
+ public:
+  PooledArray() = default;
+  explicit PooledArray(std::size_t n) { reset(n); }
+  ~PooledArray() { pool_release(data_, capacity_); }
+  PooledArray(const PooledArray&) = delete;
+  PooledArray& operator=(const PooledArray&) = delete;
+  PooledArray(PooledArray&& other) noexcept : data_(other.data_), capacity_(other.capacity_) {
+    other.data_ = nullptr;
+    other.capacity_ = 0;
+  }
+
+  // Drops the old block and holds one of at least n elements (uninitialized).
+  void reset(std::size_t n) {
+    pool_release(data_, capacity_);
+    data_ = nullptr;
+    capacity_ = 0;
+    data_ = static_cast<T*>(pool_acquire(n * sizeof(T), &capacity_));
+  }
+  T* get() const { return data_; }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t capacity_ = 0;
+};
+
 }  // namespace embtab
