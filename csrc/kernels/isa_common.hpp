@@ -148,11 +148,11 @@ template <class T>
 EMBTAB_INLINE void vstore(T* p, typename VecOf<T>::type v) {
   __builtin_memcpy(p, &v, sizeof(v));
 }
+// x in every lane: one broadcast. (A per-lane loop can compile, once inlined into a bag loop, into a
+// masked load per lane; x - 0 is exactly x, -0.0 included, and folds away.)
 template <class T>
 EMBTAB_INLINE typename VecOf<T>::type vsplat(T x) {
-  typename VecOf<T>::type v;
-  for (unsigned k = 0; k < sizeof(v) / sizeof(T); ++k) v[k] = x;
-  return v;
+  return x - typename VecOf<T>::type{};
 }
 
 // Non-temporal store of one native vector to a kVecBytes-aligned address, in translation units
