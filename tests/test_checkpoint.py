@@ -27,6 +27,27 @@ def test_round_trip_is_bitwise(tmp_path):
     np.testing.assert_array_equal(loaded["ids"], b)
 
 
+@pytest.mark.parametrize("shape", [(0, 4), (3,), (), (1000, 128), (5, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64, np.uint16, np.uint8])
+def test_loaded_arrays_are_aligned_copies(tmp_path, shape, dtype):
+    a = (np.arange(int(np.prod(shape)), dtype=np.int64) * 7 % 251).astype(dtype).reshape(shape)
+    embtab.save(tmp_path / "ck", a=a, f=np.asfortranarray(np.ones((3, 2)) * np.arange(2)))
+    loaded = embtab.load(tmp_path / "ck")
+    np.testing.assert_array_equal(loaded["a"], a)
+    assert loaded["a"].dtype == a.dtype and loaded["a"].shape == a.shape
+    assert loaded["a"].flags.writeable and (a.size == 0 or loaded["a"].ctypes.data % 128 == 0)
+    np.testing.assert_array_equal(loaded["f"], np.ones((3, 2)) * np.arange(2))
+
+
+def test_truncated_data_is_an_error(tmp_path):
+    embtab.save(tmp_path / "ck", a=np.arange(1000.0))
+    (path,) = [p for p in (tmp_path / "ck").rglob("*.npy")]
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 8)
+    with pytest.raises(embtab.CheckpointError):
+        embtab.load(tmp_path / "ck", verify=False)
+
+
 def test_overwrite_keeps_one_snapshot(tmp_path):
     path = tmp_path / "ck"
     embtab.save(path, x=np.zeros(3))

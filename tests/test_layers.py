@@ -23,6 +23,7 @@ def test_init_is_seeded_and_reproducible(init):
     c = Embedding(100, 8, init=init, seed=4)
     np.testing.assert_array_equal(a.weight, b.weight)
     assert a.weight.dtype == np.float32 and a.weight.shape == (100, 8)
+    assert a.weight.ctypes.data % 128 == 0  # rows on pairs of cache lines
     if init != "zeros":
         assert not np.array_equal(a.weight, c.weight)
     if init == "xavier_uniform":

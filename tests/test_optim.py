@@ -336,6 +336,10 @@ def test_state_layout() -> None:
     m = optim.Adam(t, 0.1)
     assert set(m.state) == {"exp_avg", "exp_avg_sq", "step"}
     assert "Adam" in repr(m)
+    # Row state starts on a 128-byte boundary (a pair of cache lines), zeroed unless told otherwise.
+    for arr in (optim.Adagrad(t, 0.1).state["sum"], a.state["sum"], m.state["exp_avg"], m.state["exp_avg_sq"]):
+        assert arr.ctypes.data % 128 == 0 and arr.flags.c_contiguous and arr.flags.writeable
+    assert not optim.Adagrad(t, 0.1).state["sum"].any() and not m.state["exp_avg_sq"].any()
 
 
 def test_submodule_import() -> None:

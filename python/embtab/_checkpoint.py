@@ -24,6 +24,8 @@ from typing import Any, Dict, Type
 
 import numpy as np
 
+from ._arrays import aligned_empty
+
 FORMAT = "embtab-checkpoint"
 FORMAT_VERSION = 1
 _CURRENT = "CURRENT"
@@ -69,7 +71,7 @@ def _write_array(directory: str, filename: str, array: np.ndarray) -> Dict[str, 
         raise TypeError(f"cannot save an object array ({filename})")
     path = os.path.join(directory, filename)
     with open(path, "wb") as f:
-        np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+        np.save(f, np.asarray(array, order="C"), allow_pickle=False)  # ascontiguousarray makes 0-d 1-d
         f.flush()
         os.fsync(f.fileno())
     return {"file": filename, "shape": list(array.shape), "dtype": array.dtype.str, "sha256": _sha256_file(path)}
@@ -168,6 +170,32 @@ def save(path: "os.PathLike[str] | str", **named: Any) -> None:
                     pass
 
 
+def _load_aligned(path: str) -> np.ndarray:
+    """np.load into a 128-byte aligned array (as embtab allocates tables and optimizer state), read
+    straight from the file without an intermediate copy."""
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, fortran_order, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = fmt.read_array_header_2_0(f)
+        else:
+            shape, fortran_order, dtype = None, True, None
+        if fortran_order or dtype.hasobject:
+            f.seek(0)
+            return np.load(f, allow_pickle=False)
+        array = aligned_empty(shape, dtype)
+        view = memoryview(array.reshape(-1).view(np.uint8))
+        done = 0
+        while done < len(view):
+            n = f.readinto(view[done:])
+            if not n:
+                raise EOFError(f"{os.path.basename(path)} ends after {done} of {len(view)} data bytes")
+            done += n
+        return array
+
+
 def _read_array(directory: str, info: Dict[str, Any], mmap: bool, verify: bool) -> np.ndarray:
     path = os.path.join(directory, info["file"])
     if not os.path.isfile(path):
@@ -175,7 +203,7 @@ def _read_array(directory: str, info: Dict[str, Any], mmap: bool, verify: bool) 
     if verify and _sha256_file(path) != info["sha256"]:
         raise CheckpointError(f"checksum mismatch in {info['file']}: the checkpoint is corrupt")
     try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False) if mmap else _load_aligned(path)
     except (ValueError, OSError, EOFError) as exc:
         raise CheckpointError(f"cannot read {info['file']}: {exc}") from exc
     if list(array.shape) != info["shape"] or array.dtype.str != info["dtype"]:

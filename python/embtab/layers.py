@@ -42,7 +42,7 @@ def _init_table(rng: np.random.Generator, num_rows: int, dim: int, init: str, st
         table = np.zeros((num_rows, dim))
     else:
         raise ValueError(f"init must be one of {', '.join(map(repr, _INITS))}, got {init!r}")
-    # Cache-line aligned, so that each row of the table touches as few cache lines as possible.
+    # 128-byte aligned, so that each row of the table touches as few cache lines as possible.
     aligned = aligned_empty((num_rows, dim), dtype)
     aligned[...] = table
     return aligned

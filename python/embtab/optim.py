@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core
-from ._arrays import as_ids, as_values
+from ._arrays import aligned_empty, aligned_zeros, as_ids, as_values
 from ._checkpoint import register_checkpointable
 from ._lookup import PoolMode, gather_bags
 
@@ -262,9 +262,10 @@ class Adagrad(_SparseOptimizer):
         self.lr_decay = _hyper("lr_decay", lr_decay)
         init = _hyper("initial_accumulator_value", initial_accumulator_value)
         if init == 0.0:
-            acc = np.zeros(self.table.shape, self.table.dtype)  # untouched pages cost nothing
+            acc = aligned_zeros(self.table.shape, self.table.dtype)  # untouched pages cost nothing
         else:
-            acc = np.full(self.table.shape, init, self.table.dtype)
+            acc = aligned_empty(self.table.shape, self.table.dtype)
+            acc.fill(init)
         self.state = {"sum": acc, "step": 0}
 
     def _state_arrays(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
@@ -363,8 +364,8 @@ class Adam(_SparseOptimizer):
         self.eps = _hyper("eps", eps, positive=True)
         self.betas = self._check_betas(betas)
         self.state = {
-            "exp_avg": np.zeros(self.table.shape, self.table.dtype),
-            "exp_avg_sq": np.zeros(self.table.shape, self.table.dtype),
+            "exp_avg": aligned_zeros(self.table.shape, self.table.dtype),
+            "exp_avg_sq": aligned_zeros(self.table.shape, self.table.dtype),
             "step": 0,
         }
 

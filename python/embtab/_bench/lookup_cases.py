@@ -14,7 +14,7 @@ from .common import Case, Config, assert_close, assert_equal, optional_import
 
 def cases(config: Config) -> List[Case]:
     rng = np.random.default_rng(config.seed)
-    # A cache-line aligned table (as embtab's layers allocate them); numpy and torch get the same one.
+    # A 128-byte aligned table (as embtab's layers allocate them); numpy and torch get the same one.
     table = aligned_empty((config.num_rows, config.dim), np.float32)
     table[...] = rng.standard_normal((config.num_rows, config.dim), dtype=np.float32)
     row_bytes = config.dim * table.itemsize

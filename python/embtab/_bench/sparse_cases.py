@@ -11,6 +11,7 @@ import numpy as np
 
 import embtab
 from embtab import optim
+from embtab._arrays import aligned_empty
 
 from .common import Case, Config, assert_equal, optional_import
 
@@ -60,7 +61,7 @@ class TrainingStep:
 
     def _table(self, name: str) -> np.ndarray:
         if name not in self.tables:
-            self.tables[name] = np.empty_like(self.init)
+            self.tables[name] = aligned_empty(self.init.shape, self.init.dtype)  # as embtab's layers allocate
         return self.tables[name]
 
     def ensure(self, kind: str) -> None:
