@@ -37,7 +37,8 @@ class Case:
     ``baseline_name``: "numpy", "sklearn", "mmh3 loop", ...); ``peers`` further implementations shown
     as extra columns (e.g. torch). ``check(embtab_result, baseline_result)`` must raise if they
     differ; it runs before any timing. ``bytes_moved`` is the memory traffic of one run (for GB/s);
-    ``items`` and ``item_unit`` give a rate such as keys/s.
+    ``items`` and ``item_unit`` give a rate such as keys/s. ``baseline_threaded`` marks a baseline
+    that runs on embtab's threads (embtab's own float32 kernel), measured at each thread count.
     """
 
     name: str
@@ -52,6 +53,7 @@ class Case:
     items: Optional[float] = None
     item_unit: str = "items"
     repeats: Optional[int] = None  # override of the run's default
+    baseline_threaded: bool = False  # the baseline runs on embtab's threads: measure it per thread count
 
 
 def optional_import(name: str) -> Any:

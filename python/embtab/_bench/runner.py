@@ -61,12 +61,30 @@ def discover_cases(config: Config) -> List[Case]:
     return found
 
 
-def measure(fn: Any, repeats: int) -> List[float]:
-    # Slow baselines (seconds a call) get fewer repeats so that the run stays short.
-    first = time_call(fn, 1, warmup=1)
-    if first[0] > 1.0:
-        return first + time_call(fn, max(0, min(repeats, 3) - 1), warmup=0)
-    return first + time_call(fn, repeats - 1, warmup=0)
+# Peers that run on several threads: measured at each thread count of the sweep, with as many
+# threads as embtab. The others (numpy, mmh3, scikit-learn) use one thread and are measured once.
+THREADED_PEERS = frozenset({"torch"})
+
+
+def measure_interleaved(fns: Dict[str, Any], repeats: int) -> Dict[str, List[float]]:
+    """Times each function `repeats` times after one warm-up call, in rounds (one call of each per
+    round), so that a change in the machine's speed during the run (a noisy neighbour on a VM, a
+    frequency step) weighs on every implementation alike instead of on whichever ran then.
+    Functions that take over a second a call stop after 3 repeats, to keep the run short."""
+    times: Dict[str, List[float]] = {}
+    for key, fn in fns.items():
+        times[key] = time_call(fn, 1, warmup=1)
+    for r in range(1, repeats):
+        for key, fn in fns.items():
+            if times[key][0] > 1.0 and r >= 3:
+                continue
+            times[key] += time_call(fn, 1, warmup=0)
+    return times
+
+
+def set_peer_threads(torch: Any, threads: int) -> None:
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def fmt_ms(seconds: Optional[float]) -> str:
@@ -90,10 +108,8 @@ def run(args: argparse.Namespace) -> int:
     # torch's OpenMP workers spin for a while after each call by default and would steal the CPUs
     # from whatever runs next; passive waiting keeps the measurements independent.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # torch runs on as many threads as embtab in each row of the sweep (set_peer_threads).
     torch = optional_import("torch")
-    if torch is not None:
-        # Give torch the same CPUs as embtab for a fair comparison.
-        torch.set_num_threads(max(thread_counts))
 
     cases = discover_cases(config)
     if args.cases:
@@ -118,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
           f"SIMD {machine['simd_path']} | numpy {np.__version__}"
           + (f" | torch {torch.__version__}" if torch is not None else " | torch not installed"))
     print(f"memory-copy bandwidth (np.copyto, 1 thread, read+write): {bandwidth:.1f} GB/s; "
-          f"times are medians of {repeats} repeats after a warm-up, in ms")
+          f"times are medians of {repeats} repeats after a warm-up, in ms; embtab, its baseline and torch "
+          f"are timed in alternation, torch on as many threads as embtab")
     print()
 
     rows: List[Dict[str, Any]] = []
@@ -132,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
 
     original_threads = embtab.get_num_threads()
+    original_peer_threads = torch.get_num_threads() if torch is not None else 0
     try:
         for case in cases:
             reps = case.repeats or repeats
@@ -140,14 +158,31 @@ def run(args: argparse.Namespace) -> int:
                 case.check(case.run(), base_res)
             for name, check in case.peer_checks.items():
                 check(case.run(), case.peers[name]())
-            embtab_times = {}
-            for threads in thread_counts:
+            # Per thread count: embtab, a baseline that itself runs on embtab's threads, and the
+            # threaded peers, at that count; numpy-style baselines and single-threaded peers once.
+            embtab_times: Dict[int, List[float]] = {}
+            base_times_at: Dict[int, Optional[List[float]]] = {}
+            peer_times_at: Dict[int, Dict[str, List[float]]] = {}
+            once: Dict[str, List[float]] = {}
+            for i, threads in enumerate(thread_counts):
                 embtab.set_num_threads(threads)
-                embtab_times[threads] = measure(case.run, reps)
-            base_times = measure(case.baseline, reps) if case.baseline is not None else None
-            peer_times = {name: measure(fn, reps) for name, fn in case.peers.items()}
+                set_peer_threads(torch, threads)
+                fns: Dict[str, Any] = {"embtab": case.run}
+                if case.baseline is not None and (case.baseline_threaded or i == 0):
+                    fns["baseline"] = case.baseline
+                for name, fn in case.peers.items():
+                    if name in THREADED_PEERS or i == 0:
+                        fns["peer:" + name] = fn
+                measured = measure_interleaved(fns, reps)
+                if i == 0:
+                    once = measured
+                embtab_times[threads] = measured["embtab"]
+                base_times_at[threads] = measured.get("baseline", once.get("baseline"))
+                peer_times_at[threads] = {
+                    name: measured.get("peer:" + name, once.get("peer:" + name, [])) for name in case.peers}
             for threads in thread_counts:
                 times = embtab_times[threads]
+                base_times, peer_times = base_times_at[threads], peer_times_at[threads]
                 t = statistics.median(times)
                 base_t = statistics.median(base_times) if base_times else None
                 row: Dict[str, Any] = {
@@ -182,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
     finally:
         embtab.set_num_threads(original_threads)
+        set_peer_threads(torch, original_peer_threads)
 
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as f:
