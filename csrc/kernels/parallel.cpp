@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <mutex>
@@ -13,6 +14,9 @@
 #if defined(__linux__)
 #include <sched.h>
 #endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #if defined(__unix__)
 #include <pthread.h>
 #endif
@@ -21,6 +25,34 @@ namespace embtab {
 namespace {
 
 thread_local bool tls_inside_kernel = false;
+
+// Waiting threads spin this long before they block: waking a blocked thread costs tens of
+// microseconds (about 46 us a parallel region on a 2-vCPU VM), which a kernel made of several
+// regions (sort passes, then the update) paid each time. 200 us of spinning after a call is the
+// most CPU an idle pool burns.
+constexpr auto kSpin = std::chrono::microseconds(200);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins until done() or kSpin has passed (not at all unless `spin`); true if done() held.
+template <class Done>
+bool spin_until(bool spin, Done done) {
+  if (!spin) return done();
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::steady_clock::now() - start > kSpin) return done();
+  }
+}
 
 class ThreadPool {
  public:
@@ -32,30 +64,36 @@ class ThreadPool {
     std::lock_guard<std::mutex> busy(run_mutex_);
     stop_workers();
     num_threads_.store(n);
+    // More threads than CPUs: a spinning thread would hold a CPU that a working one needs.
+    spin_ = n <= default_num_threads();
     start_workers(n - 1);
   }
 
   void run(std::size_t max_chunks, ChunkFn fn, void* ctx) {
     if (max_chunks == 0) return;
     std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
-    const std::size_t chunks = std::min<std::size_t>(max_chunks, static_cast<std::size_t>(num_threads_.load()));
+    const std::size_t chunks = std::min<std::size_t>({max_chunks, static_cast<std::size_t>(num_threads_.load()),
+                                                      kMaxChunksPerJob});
     if (chunks <= 1 || !busy.owns_lock() || tls_inside_kernel) {
       run_inline(chunks == 0 ? 1 : chunks, fn, ctx);
       return;
     }
     {
+      // The job is published under the mutex, so a worker that blocks sees it or is woken for it.
       std::lock_guard<std::mutex> lock(mutex_);
       job_fn_ = fn;
       job_ctx_ = ctx;
-      job_chunks_ = chunks;
-      pending_ = chunks - 1;  // chunk 0 runs on the calling thread
       errors_.assign(chunks, nullptr);
-      ++generation_;
+      pending_.store(chunks - 1, std::memory_order_relaxed);  // chunk 0 runs on the calling thread
+      const std::uint64_t generation = (job_.load(std::memory_order_relaxed) >> kChunkBits) + 1;
+      job_.store(generation << kChunkBits | chunks, std::memory_order_release);
     }
     wake_.notify_all();
     run_one(0);
-    std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return pending_ == 0; });
+    if (!spin_until(spin_, [&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    }
     for (auto& e : errors_)
       if (e) std::rethrow_exception(e);
   }
@@ -76,7 +114,7 @@ class ThreadPool {
   void run_one(std::size_t chunk) {
     tls_inside_kernel = true;
     try {
-      job_fn_(job_ctx_, chunk, job_chunks_);
+      job_fn_(job_ctx_, chunk, job_.load(std::memory_order_relaxed) & kChunkMask);
     } catch (...) {
       errors_[chunk] = std::current_exception();
     }
@@ -85,28 +123,34 @@ class ThreadPool {
 
   // `seen` starts at the generation current when the worker was created, so a new worker never
   // runs a job that finished before it existed.
+  // A worker that takes no part in a job (index >= its chunks) never reads the job's other fields,
+  // which the caller may already be rewriting for the next one.
   void worker(std::size_t index, std::uint64_t seen) {
     for (;;) {
-      {
+      std::uint64_t job = 0;
+      const auto news = [&] {
+        job = job_.load(std::memory_order_acquire);
+        return stopping_.load(std::memory_order_acquire) || (job >> kChunkBits) != seen;
+      };
+      if (!spin_until(spin_, news)) {
         std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return stopping_ || generation_ != seen; });
-        if (stopping_) return;
-        seen = generation_;
-        if (index >= job_chunks_) continue;
+        wake_.wait(lock, news);
       }
+      if (stopping_.load(std::memory_order_acquire)) return;
+      seen = job >> kChunkBits;
+      if (index >= (job & kChunkMask)) continue;
       run_one(index);
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        // The caller may have stopped spinning: wake it (under the mutex, so it cannot miss this).
+        std::lock_guard<std::mutex> lock(mutex_);
+        done_.notify_one();
+      }
     }
   }
 
   void start_workers(int count) {
-    std::uint64_t current;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = false;
-      current = generation_;
-    }
+    stopping_.store(false);
+    const std::uint64_t current = job_.load() >> kChunkBits;
     for (int i = 0; i < count; ++i)
       workers_.emplace_back(&ThreadPool::worker, this, static_cast<std::size_t>(i + 1), current);
   }
@@ -114,7 +158,7 @@ class ThreadPool {
   void stop_workers() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      stopping_ = true;
+      stopping_.store(true, std::memory_order_release);
     }
     wake_.notify_all();
     for (auto& t : workers_) t.join();
@@ -126,12 +170,17 @@ class ThreadPool {
   std::condition_variable wake_, done_;
   std::vector<std::thread> workers_;
   std::atomic<int> num_threads_{1};
-  bool stopping_ = false;
-  std::uint64_t generation_ = 0;
+  std::atomic<bool> stopping_{false};
+  bool spin_ = false;  // set while no worker runs
+  // The current job: its generation (counting jobs) above kChunkBits, its number of chunks below.
+  static constexpr int kChunkBits = 16;
+  static constexpr std::uint64_t kChunkMask = (std::uint64_t(1) << kChunkBits) - 1;
+  static constexpr std::size_t kMaxChunksPerJob = kChunkMask;
+  std::atomic<std::uint64_t> job_{0};
+  // Written by the caller before job_ is released; read by the job's workers after acquiring it.
   ChunkFn job_fn_ = nullptr;
   void* job_ctx_ = nullptr;
-  std::size_t job_chunks_ = 0;
-  std::size_t pending_ = 0;
+  std::atomic<std::size_t> pending_{0};
   std::vector<std::exception_ptr> errors_;
 };
 
