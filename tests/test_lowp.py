@@ -133,6 +133,45 @@ def test_bags_every_mode_equal_reference(each_path_and_threads, fmt, dim):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dim", [7, 32, 128, 256])
+def test_bounds_zero_reads_invalid_ids_as_zero_rows(each_path_and_threads, fmt, dim):
+    rng = np.random.default_rng(300 + dim)
+    table, kw, ref = make_table(fmt, rng.standard_normal((40, dim)).astype(np.float32))
+    padded = np.vstack([ref, np.zeros((1, dim), np.float32)])  # row 40: the zero row
+    for index_dtype in INDEX:
+        ids = rng.integers(-6, 46, 600).astype(index_dtype)
+        valid = (ids >= 0) & (ids < 40)
+        mapped = np.where(valid, ids, 40)
+        result, num_invalid = embtab.gather(table, ids, bounds="zero", **kw)
+        assert num_invalid == int((~valid).sum()) > 0
+        np.testing.assert_array_equal(result, padded[mapped])
+        offsets = np.concatenate([[0, 0], np.sort(rng.integers(0, 600, 30)), [600]]).astype(index_dtype)
+        weights = rng.random(ids.shape, dtype=np.float32)
+        for mode in ("sum", "mean", "max"):
+            pooled, count = embtab.gather_bags(table, ids, offsets, mode=mode, bounds="zero", **kw)
+            assert count == num_invalid
+            np.testing.assert_array_equal(pooled, bags_reference(padded, mapped, offsets, mode))
+        for mode in ("sum", "mean"):
+            pooled, count = embtab.gather_bags(table, ids, offsets, mode=mode, weights=weights, bounds="zero", **kw)
+            assert count == num_invalid
+            np.testing.assert_array_equal(pooled, bags_reference(padded, mapped, offsets, mode, weights))
+        pooled, argmax, count = embtab.gather_bags(table, ids, offsets, mode="max", return_argmax=True,
+                                                   bounds="zero", **kw)
+        assert count == num_invalid
+        np.testing.assert_array_equal(pooled, bags_reference(padded, mapped, offsets, "max"))
+        # argmax names valid rows only, or -1 where a zero row (or an empty bag) won.
+        assert np.all((argmax == -1) | ((argmax >= 0) & (argmax < 40)))
+        won = argmax >= 0
+        np.testing.assert_array_equal(pooled[won], ref[argmax[won], np.nonzero(won)[1]])
+    # Valid ids count nothing; "raise" still raises; anything else is a ValueError.
+    assert embtab.gather(table, [0, 39], bounds="zero", **kw)[1] == 0
+    with pytest.raises(IndexError, match="40"):
+        embtab.gather_bags(table, [[0, 40]], **kw)
+    with pytest.raises(ValueError, match="bounds"):
+        embtab.gather(table, [0], bounds="clip", **kw)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_fixed_length_bags_int32(each_path_and_threads, fmt):
     rng = np.random.default_rng(5)
     table, kw, ref = make_table(fmt, rng.standard_normal((50, 24)).astype(np.float32))

@@ -34,8 +34,6 @@ py::array prepare_output(const py::object& out, const py::dtype& dtype, const st
   return given;
 }
 
-bool parse_bounds(const std::string& bounds);
-
 // Returns the output, or (output, number of invalid ids) with bounds="zero".
 py::object gather(const py::handle& table_obj, const py::handle& ids_obj, const py::object& out_obj,
                   const std::string& bounds) {
@@ -58,23 +56,15 @@ py::object gather(const py::handle& table_obj, const py::handle& ids_obj, const 
       const T* table_ptr = cdata<T>(table.array);
       const I* ids_ptr = cdata<I>(ids);
       T* out_ptr = wdata<T>(out);
-      std::vector<T> zeros(zero_invalid ? static_cast<std::size_t>(table.dim) + 1 : 0, T(0));
-      const T* zero_row = zero_invalid ? zeros.data() : nullptr;
+      const ZeroRow zeros(zero_invalid, table.dim * std::int64_t(sizeof(T)));
+      const T* zero_row = static_cast<const T*>(zeros.row());
       py::gil_scoped_release release;  // only raw pointers from here on
       return lookup_kernels().get<T, I>().gather(table_ptr, table.num_rows, table.dim, ids_ptr, n, out_ptr, zero_row,
                                                  &num_invalid);
     });
   });
   if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
-  if (zero_invalid) return py::make_tuple(out, num_invalid);
-  return std::move(out);
-}
-
-// bounds="raise" (false) or "zero" (true).
-bool parse_bounds(const std::string& bounds) {
-  if (bounds == "raise") return false;
-  if (bounds == "zero") return true;
-  throw py::value_error("bounds must be 'raise' or 'zero', got '" + bounds + "'");
+  return lookup_result(out, py::none(), zero_invalid, num_invalid);
 }
 
 py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, const py::object& offsets_obj,
@@ -109,8 +99,8 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
       const T* weights_ptr = has_weights ? cdata<T>(weights) : nullptr;
       T* out_ptr = wdata<T>(out);
       std::int64_t* argmax_ptr = return_argmax ? argmax.mutable_data() : nullptr;
-      std::vector<T> zeros(zero_invalid ? static_cast<std::size_t>(table.dim) + 1 : 0, T(0));
-      const T* zero_row = zero_invalid ? zeros.data() : nullptr;
+      const ZeroRow zeros(zero_invalid, table.dim * std::int64_t(sizeof(T)));
+      const T* zero_row = static_cast<const T*>(zeros.row());
       py::gil_scoped_release release;  // only raw pointers from here on
       return lookup_kernels().get<T, I>().bags(table_ptr, table.num_rows, table.dim, ids_ptr, offsets.data(),
                                                num_bags, weights_ptr, mode, out_ptr, argmax_ptr, zero_row,
@@ -118,12 +108,7 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
     });
   });
   if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
-  py::list result;
-  result.append(out);
-  if (return_argmax) result.append(argmax);
-  if (zero_invalid) result.append(num_invalid);
-  if (result.size() == 1) return std::move(out);
-  return py::tuple(result);
+  return lookup_result(out, return_argmax ? py::object(argmax) : py::none(), zero_invalid, num_invalid);
 }
 
 }  // namespace

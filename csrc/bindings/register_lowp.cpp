@@ -66,8 +66,10 @@ py::array prepare_output(const py::object& out, const std::vector<py::ssize_t>& 
   return given;
 }
 
-py::array gather(const py::handle& table_obj, const py::handle& ids_obj, const py::object& out_obj,
-                 const std::string& format) {
+// Returns the output, or (output, number of invalid ids) with bounds="zero".
+py::object gather(const py::handle& table_obj, const py::handle& ids_obj, const py::object& out_obj,
+                  const std::string& format, const std::string& bounds) {
+  const bool zero_invalid = parse_bounds(bounds);
   const LowpTable table = check_table(table_obj, format);
   const py::array ids_in = require_array(ids_obj, "ids");
   const IndexKind ids_kind = require_index(ids_in, "ids");
@@ -77,6 +79,8 @@ py::array gather(const py::handle& table_obj, const py::handle& ids_obj, const p
   shape.push_back(table.dim);
   py::array out = prepare_output(out_obj, shape);
   const std::int64_t n = ids.size();
+  std::int64_t num_invalid = 0;
+  const ZeroRow zeros(zero_invalid, lowp_row_bytes(table.format, table.dim));
 
   const std::int64_t bad = visit_index(ids_kind, [&](auto itag) {
     using I = decltype(itag);
@@ -84,16 +88,18 @@ py::array gather(const py::handle& table_obj, const py::handle& ids_obj, const p
     const I* ids_ptr = cdata<I>(ids);
     float* out_ptr = wdata<float>(out);
     py::gil_scoped_release release;  // only raw pointers from here on
-    return lowp_kernels().get<I>(table.format).gather(table_ptr, table.num_rows, table.dim, ids_ptr, n, out_ptr);
+    return lowp_kernels().get<I>(table.format).gather(table_ptr, table.num_rows, table.dim, ids_ptr, n, out_ptr,
+                                                      zeros.row(), &num_invalid);
   });
   if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
-  return out;
+  return lookup_result(out, py::none(), zero_invalid, num_invalid);
 }
 
 
 py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, const py::object& offsets_obj,
                        const std::string& mode_name, const py::object& weights_obj, const py::object& out_obj,
-                       bool return_argmax, const std::string& format) {
+                       bool return_argmax, const std::string& format, const std::string& bounds) {
+  const bool zero_invalid = parse_bounds(bounds);
   const LowpTable table = check_table(table_obj, format);
   const PoolMode mode = parse_mode(mode_name);
   const py::array ids_in = require_array(ids_obj, "ids");
@@ -110,6 +116,8 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
   py::array out = prepare_output(out_obj, {num_bags, table.dim});
   py::array_t<std::int64_t> argmax;
   if (return_argmax) argmax = py::array_t<std::int64_t>(std::vector<py::ssize_t>{num_bags, table.dim});
+  std::int64_t num_invalid = 0;
+  const ZeroRow zeros(zero_invalid, lowp_row_bytes(table.format, table.dim));
 
   const std::int64_t bad = visit_index(ids_kind, [&](auto itag) {
     using I = decltype(itag);
@@ -120,11 +128,11 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
     std::int64_t* argmax_ptr = return_argmax ? argmax.mutable_data() : nullptr;
     py::gil_scoped_release release;  // only raw pointers from here on
     return lowp_kernels().get<I>(table.format).bags(table_ptr, table.num_rows, table.dim, ids_ptr, offsets.data(),
-                                                    num_bags, weights_ptr, mode, out_ptr, argmax_ptr);
+                                                    num_bags, weights_ptr, mode, out_ptr, argmax_ptr, zeros.row(),
+                                                    &num_invalid);
   });
   if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
-  if (return_argmax) return py::make_tuple(out, argmax);
-  return std::move(out);
+  return lookup_result(out, return_argmax ? py::object(argmax) : py::none(), zero_invalid, num_invalid);
 }
 
 py::array to_bfloat16(const py::handle& src_obj, const py::handle& out_obj) {
@@ -171,10 +179,11 @@ py::array quantize_rows_8bit(const py::handle& table_obj) {
 
 void register_lowp(py::module_& m) {
   m.def("lowp_gather", &gather, py::arg("table"), py::arg("ids"), py::arg("out"), py::arg("dtype"),
+        py::arg("bounds") = "raise",
         "Rows of a reduced-precision table as float32; see embtab.gather.");
   m.def("lowp_gather_bags", &gather_bags, py::arg("table"), py::arg("ids"), py::arg("offsets"), py::arg("mode"),
         py::arg("weights"), py::arg("out"), py::arg("return_argmax"), py::arg("dtype"),
-        "Pooled lookups over a reduced-precision table; see embtab.gather_bags.");
+        py::arg("bounds") = "raise", "Pooled lookups over a reduced-precision table; see embtab.gather_bags.");
   m.def("to_bfloat16_bits", &to_bfloat16, py::arg("x"), py::arg("out"),
         "float32 -> bfloat16 bits (uint16), round to nearest even; see embtab.to_bfloat16.");
   m.def("quantize_rows_8bit", &quantize_rows_8bit, py::arg("table"),

@@ -163,6 +163,21 @@ PoolMode parse_mode(const std::string& mode) {
   throw py::value_error("mode must be 'sum', 'mean' or 'max', got '" + mode + "'");
 }
 
+bool parse_bounds(const std::string& bounds) {
+  if (bounds == "raise") return false;
+  if (bounds == "zero") return true;
+  throw py::value_error("bounds must be 'raise' or 'zero', got '" + bounds + "'");
+}
+
+py::object lookup_result(const py::array& out, const py::object& argmax, bool zero_invalid, std::int64_t num_invalid) {
+  if (argmax.is_none() && !zero_invalid) return out;
+  py::list result;
+  result.append(out);
+  if (!argmax.is_none()) result.append(argmax);
+  if (zero_invalid) result.append(num_invalid);
+  return py::tuple(result);
+}
+
 bool check_bag_weights(const py::object& weights_obj, PoolMode mode, const py::dtype& dtype,
                        const std::string& dtype_owner, const py::array& ids, py::array* weights) {
   if (weights_obj.is_none()) return false;

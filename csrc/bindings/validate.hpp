@@ -60,6 +60,24 @@ std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& of
 // "sum" / "mean" / "max"; ValueError otherwise.
 PoolMode parse_mode(const std::string& mode);
 
+// bounds="raise" (false) or "zero" (true); ValueError otherwise.
+bool parse_bounds(const std::string& bounds);
+
+// With bounds="zero": one stored row of `bytes` zero bytes (8-byte aligned) that invalid ids read
+// instead of a table row; row() is nullptr otherwise.
+class ZeroRow {
+ public:
+  ZeroRow(bool needed, std::int64_t bytes) : words_(needed ? static_cast<std::size_t>(bytes / 8 + 1) : 0, 0) {}
+  const void* row() const { return words_.empty() ? nullptr : words_.data(); }
+
+ private:
+  std::vector<std::uint64_t> words_;
+};
+
+// What a lookup returns: `out` alone, or a tuple of out, then argmax (if not None), then the number
+// of invalid ids (with bounds="zero").
+py::object lookup_result(const py::array& out, const py::object& argmax, bool zero_invalid, std::int64_t num_invalid);
+
 // Per-id weights of a bag lookup: None (returns false), or an array of exactly `dtype` (TypeError
 // naming `dtype_owner`, e.g. "the table's dtype float32") with the shape of ids; refused for
 // mode="max". The checked C-contiguous array goes to *weights.

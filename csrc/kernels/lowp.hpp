@@ -30,12 +30,15 @@ inline std::int64_t lowp_row_bytes(LowpFormat format, std::int64_t dim) {
 
 template <class I>
 struct LowpFns {
+  // zero_row: nullptr (an invalid id stops the kernel; its smallest position is returned), or one
+  // stored row of zero bytes that invalid ids read instead, counted in *num_invalid.
   std::int64_t (*gather)(const void* table, std::int64_t num_rows, std::int64_t dim, const I* ids, std::int64_t n,
-                         float* out);
-  // weights: nullptr or one per id; argmax: nullptr, or (max only) num_bags x dim winning ids.
+                         float* out, const void* zero_row, std::int64_t* num_invalid);
+  // weights: nullptr or one per id; argmax: nullptr, or (max only) num_bags x dim winning ids (-1
+  // for empty bags and for zero rows read for invalid ids).
   std::int64_t (*bags)(const void* table, std::int64_t num_rows, std::int64_t dim, const I* ids,
                        const std::int64_t* offsets, std::int64_t num_bags, const float* weights, PoolMode mode,
-                       float* out, std::int64_t* argmax);
+                       float* out, std::int64_t* argmax, const void* zero_row, std::int64_t* num_invalid);
 };
 
 struct LowpKernels {

@@ -267,36 +267,71 @@ EMBTAB_INLINE void prefetch_id(const I* ids, int64_t pos, int64_t end, const voi
   }
 }
 
+// Where the rows of a lookup come from, and what an invalid id does (as Rows in lookup_isa.cpp):
+// with `zero_row` set (bounds="zero", a stored row of zero bytes, which reads as zeros in every
+// format) it reads as that row and is counted; otherwise the smallest invalid position is recorded
+// and the kernel stops.
+template <class R>
+struct LowpRows {
+  const void* table;
+  int64_t num_rows, dim;
+  const void* zero_row;
+  int64_t* first_bad;
+  int64_t* num_invalid;
+
+  // The row of ids[pos] = id into `row`, or false when the kernel must stop. `count`: whether an
+  // invalid id is counted here (once per position, when a row is read in several passes).
+  template <class I>
+  EMBTAB_INLINE bool get(I id, int64_t pos, R& row, bool count = true) const {
+    if (EMBTAB_LIKELY(id_in_range(id, num_rows))) {
+      row = R::at(table, static_cast<int64_t>(id), dim);
+      return true;
+    }
+    return invalid(pos, row, count);
+  }
+
+  __attribute__((noinline)) bool invalid(int64_t pos, R& row, bool count) const {
+    if (zero_row) {
+      if (count) __atomic_fetch_add(num_invalid, 1, __ATOMIC_RELAXED);
+      row = R::at(zero_row, 0, dim);
+      return true;
+    }
+    atomic_min(first_bad, pos);
+    return false;
+  }
+};
+
 // ---- gather ----
 
 template <int D, class R, class I>
-void gather_range(const void* table, int64_t num_rows, int64_t dim, const I* EMBTAB_RESTRICT ids, int64_t begin,
-                  int64_t end, float* EMBTAB_RESTRICT out, int64_t* first_bad) {
+void gather_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, int64_t begin, int64_t end,
+                  float* EMBTAB_RESTRICT out) {
+  const int64_t dim = rows.dim;
   const int64_t row_bytes = R::bytes(dim);
   const int64_t ahead = prefetch_distance(row_bytes);
   for (int64_t i = begin; i < end; ++i) {
-    prefetch_id(ids, i + ahead, end, table, num_rows, row_bytes);
-    const I id = ids[i];
-    if (!id_in_range(id, num_rows)) {
-      atomic_min(first_bad, i);
-      return;
-    }
-    put_row<D>(out + i * dim, R::at(table, static_cast<int64_t>(id), dim), dim);
+    prefetch_id(ids, i + ahead, end, rows.table, rows.num_rows, row_bytes);
+    R row;
+    if (!rows.get(ids[i], i, row)) return;
+    put_row<D>(out + i * dim, row, dim);
   }
 }
 
 template <class R, class I>
-int64_t gather(const void* table, int64_t num_rows, int64_t dim, const I* ids, int64_t n, float* out) {
+int64_t gather(const void* table, int64_t num_rows, int64_t dim, const I* ids, int64_t n, float* out,
+               const void* zero_row, int64_t* num_invalid) {
   int64_t first_bad = -1;
   if (n <= 0) return -1;
+  const LowpRows<R> rows{table, num_rows, dim, zero_row, &first_bad, num_invalid};
   if (dim == 0) {
+    R row;
     for (int64_t i = 0; i < n; ++i)
-      if (!id_in_range(ids[i], num_rows)) return i;
+      if (!rows.get(ids[i], i, row)) return i;
     return -1;
   }
   const std::size_t grain = static_cast<std::size_t>(max_of<int64_t>(1, 32768 / dim));
   parallel_for(static_cast<std::size_t>(n), grain, [&](std::size_t b, std::size_t e) {
-    EMBTAB_DISPATCH_DIM(dim, gather_range<D, R>(table, num_rows, dim, ids, int64_t(b), int64_t(e), out, &first_bad));
+    EMBTAB_DISPATCH_DIM(dim, gather_range<D>(rows, ids, int64_t(b), int64_t(e), out));
   });
   return first_bad;
 }
@@ -309,39 +344,32 @@ constexpr int64_t kBlockVectors = 8;
 
 // One bag of a compile-time row length D (a multiple of kW), without argmax: the accumulators of
 // up to kBlockVectors vectors stay in registers while the bag's rows stream through; wider rows
-// take several passes over the bag (the later ones hit cache). The first pass checks the ids and
-// prefetches. Same operations in the same order as the in-memory path, so the same results.
-// Returns false after recording a bad id.
+// take several passes over the bag (the later ones hit cache). The first pass prefetches and
+// counts invalid ids. Same operations in the same order as the in-memory path, so the same
+// results. Returns false after recording a bad id.
 template <int D, PoolMode M, bool Weighted, class R, class I>
-EMBTAB_INLINE bool pool_bag_in_registers(const void* table, int64_t num_rows, const I* EMBTAB_RESTRICT ids,
-                                         int64_t s, int64_t e, int64_t ids_end, int64_t ahead, int64_t row_bytes,
-                                         const float* EMBTAB_RESTRICT weights, float* EMBTAB_RESTRICT o,
-                                         int64_t* first_bad) {
+EMBTAB_INLINE bool pool_bag_in_registers(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, int64_t s, int64_t e,
+                                         int64_t ids_end, int64_t ahead, int64_t row_bytes,
+                                         const float* EMBTAB_RESTRICT weights, float* EMBTAB_RESTRICT o) {
   constexpr int64_t kVectors = D / kW;
   constexpr int64_t kBlock = kVectors < kBlockVectors ? kVectors : kBlockVectors;
   static_assert(kVectors % kBlock == 0, "row length must split into whole blocks");
-  // The first pass prefetches ahead and checks each id before its row is read.
-  auto admit = [&](int64_t i) {
-    prefetch_id(ids, i + ahead, ids_end, table, num_rows, row_bytes);
-    if (id_in_range(ids[i], num_rows)) return true;
-    atomic_min(first_bad, i);
-    return false;
-  };
   // Row i's vectors [c0, c0 + kBlock), times its weight.
-  auto load = [&](int64_t i, int64_t c0, VF* x) {
-    const R row = R::at(table, static_cast<int64_t>(ids[i]), D);
+  auto load = [&](int64_t i, int64_t c0, VF* x) -> bool {
+    if (c0 == 0) prefetch_id(ids, i + ahead, ids_end, rows.table, rows.num_rows, row_bytes);
+    R row;
+    if (!rows.get(ids[i], i, row, c0 == 0)) return false;
     const VF w = v_set1(Weighted ? weights[i] : 1.0f);
 #pragma GCC unroll 8
     for (int64_t k = 0; k < kBlock; ++k) x[k] = Weighted ? v_mul(w, row.vec((c0 + k) * kW)) : row.vec((c0 + k) * kW);
+    return true;
   };
   for (int64_t c0 = 0; c0 < kVectors; c0 += kBlock) {
-    if (c0 == 0 && !admit(s)) return false;
     VF acc[kBlock];
-    load(s, c0, acc);
+    if (!load(s, c0, acc)) return false;
     for (int64_t i = s + 1; i < e; ++i) {
-      if (c0 == 0 && !admit(i)) return false;
       VF x[kBlock];
-      load(i, c0, x);
+      if (!load(i, c0, x)) return false;
 #pragma GCC unroll 8
       for (int64_t k = 0; k < kBlock; ++k) acc[k] = M == PoolMode::max ? v_max_nan(acc[k], x[k]) : v_add(acc[k], x[k]);
     }
@@ -353,9 +381,10 @@ EMBTAB_INLINE bool pool_bag_in_registers(const void* table, int64_t num_rows, co
 }
 
 template <int D, PoolMode M, bool Weighted, bool Arg, class R, class I>
-void bags_range(const void* table, int64_t num_rows, int64_t dim, const I* EMBTAB_RESTRICT ids,
-                const int64_t* offsets, int64_t bag_begin, int64_t bag_end, const float* EMBTAB_RESTRICT weights,
-                float* EMBTAB_RESTRICT out, int64_t* EMBTAB_RESTRICT argmax, int64_t* first_bad) {
+void bags_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, const int64_t* offsets, int64_t bag_begin,
+                int64_t bag_end, const float* EMBTAB_RESTRICT weights, float* EMBTAB_RESTRICT out,
+                int64_t* EMBTAB_RESTRICT argmax) {
+  const int64_t dim = rows.dim;
   const int64_t row_bytes = R::bytes(dim);
   const int64_t ahead = prefetch_distance(row_bytes);
   const int64_t ids_end = offsets[bag_end];
@@ -370,26 +399,24 @@ void bags_range(const void* table, int64_t num_rows, int64_t dim, const I* EMBTA
       continue;
     }
     if (D > 0 && D % kW == 0 && !Arg) {
-      if (!pool_bag_in_registers<(D > 0 ? D : kW), M, Weighted, R>(table, num_rows, ids, s, e, ids_end, ahead,
-                                                                   row_bytes, weights, o, first_bad))
+      if (!pool_bag_in_registers<(D > 0 ? D : kW), M, Weighted>(rows, ids, s, e, ids_end, ahead, row_bytes, weights, o))
         return;
       continue;
     }
     for (int64_t i = s; i < e; ++i) {
-      prefetch_id(ids, i + ahead, ids_end, table, num_rows, row_bytes);
+      prefetch_id(ids, i + ahead, ids_end, rows.table, rows.num_rows, row_bytes);
       const I id = ids[i];
-      if (!id_in_range(id, num_rows)) {
-        atomic_min(first_bad, i);
-        return;
-      }
-      const R row = R::at(table, static_cast<int64_t>(id), dim);
+      R row;
+      if (!rows.get(id, i, row)) return;
+      // A zero row read for an invalid id wins nothing: its argmax entry is -1.
+      const int64_t winner = id_in_range(id, rows.num_rows) ? static_cast<int64_t>(id) : -1;
       if (M == PoolMode::max) {
         if (i == s) {
           put_row<D>(o, row, dim);
           if (Arg)
-            for (int64_t j = 0; j < dim; ++j) am[j] = static_cast<int64_t>(id);
+            for (int64_t j = 0; j < dim; ++j) am[j] = winner;
         } else if (Arg) {
-          max_row_arg<D>(o, am, row, static_cast<int64_t>(id), dim);
+          max_row_arg<D>(o, am, row, winner, dim);
         } else {
           max_row<D>(o, row, dim);
         }
@@ -410,9 +437,9 @@ void bags_range(const void* table, int64_t num_rows, int64_t dim, const I* EMBTA
 }
 
 template <PoolMode M, bool Weighted, bool Arg, class R, class I>
-int64_t bags_mode(const void* table, int64_t num_rows, int64_t dim, const I* ids, const int64_t* offsets,
-                  int64_t num_bags, const float* weights, float* out, int64_t* argmax) {
-  int64_t first_bad = -1;
+int64_t bags_mode(const LowpRows<R>& rows, const I* ids, const int64_t* offsets, int64_t num_bags,
+                  const float* weights, float* out, int64_t* argmax) {
+  const int64_t dim = rows.dim;
   const int64_t total = offsets[num_bags];
   // Split bags between threads by (ids read + bags written), so that long bags balance.
   const int64_t work = (total + num_bags) * max_of<int64_t>(dim, 1);
@@ -422,27 +449,29 @@ int64_t bags_mode(const void* table, int64_t num_rows, int64_t dim, const I* ids
       const int64_t b0 = bag_chunk_begin(offsets, num_bags, int64_t(c), chunks);
       const int64_t b1 = bag_chunk_begin(offsets, num_bags, int64_t(c) + 1, chunks);
       if (b0 < b1)
-        EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg, R>(table, num_rows, dim, ids, offsets, b0, b1,
-                                                                    weights, out, argmax, &first_bad));
+        EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(rows, ids, offsets, b0, b1, weights, out, argmax));
     }
   });
-  return first_bad;
+  return *rows.first_bad;
 }
 
 template <class R, class I>
 int64_t bags(const void* table, int64_t num_rows, int64_t dim, const I* ids, const int64_t* offsets,
-             int64_t num_bags, const float* weights, PoolMode mode, float* out, int64_t* argmax) {
+             int64_t num_bags, const float* weights, PoolMode mode, float* out, int64_t* argmax,
+             const void* zero_row, int64_t* num_invalid) {
   if (num_bags <= 0) return -1;
+  int64_t first_bad = -1;
+  const LowpRows<R> rows{table, num_rows, dim, zero_row, &first_bad, num_invalid};
   switch (mode) {
     case PoolMode::max:
-      return argmax ? bags_mode<PoolMode::max, false, true, R>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax)
-                    : bags_mode<PoolMode::max, false, false, R>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax);
+      return argmax ? bags_mode<PoolMode::max, false, true>(rows, ids, offsets, num_bags, weights, out, argmax)
+                    : bags_mode<PoolMode::max, false, false>(rows, ids, offsets, num_bags, weights, out, argmax);
     case PoolMode::mean:
-      return weights ? bags_mode<PoolMode::mean, true, false, R>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax)
-                     : bags_mode<PoolMode::mean, false, false, R>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax);
+      return weights ? bags_mode<PoolMode::mean, true, false>(rows, ids, offsets, num_bags, weights, out, argmax)
+                     : bags_mode<PoolMode::mean, false, false>(rows, ids, offsets, num_bags, weights, out, argmax);
     default:
-      return weights ? bags_mode<PoolMode::sum, true, false, R>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax)
-                     : bags_mode<PoolMode::sum, false, false, R>(table, num_rows, dim, ids, offsets, num_bags, weights, out, argmax);
+      return weights ? bags_mode<PoolMode::sum, true, false>(rows, ids, offsets, num_bags, weights, out, argmax)
+                     : bags_mode<PoolMode::sum, false, false>(rows, ids, offsets, num_bags, weights, out, argmax);
   }
 }
 

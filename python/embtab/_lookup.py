@@ -15,11 +15,6 @@ BoundsMode = Literal["raise", "zero"]
 Table = Union[NDArray[Any], _lowp.BFloat16Table, _lowp.QuantizedTable]
 
 
-def _no_bounds_for_lowp(bounds: str) -> None:
-    if bounds != "raise":
-        raise ValueError("bounds='zero' is only supported for float32/float64 tables")
-
-
 def gather(
     table: Table,
     ids: ArrayLike,
@@ -66,8 +61,7 @@ def gather(
         ``table`` is not 2-D, or ``out`` has the wrong shape, is not C-contiguous or is read-only.
     """
     if _lowp.handles(table, dtype):
-        _no_bounds_for_lowp(bounds)
-        return _lowp.gather(table, ids, out=out, dtype=dtype)
+        return _lowp.gather(table, ids, out=out, dtype=dtype, bounds=bounds)
     return _core.gather(table, as_ids(ids), out, bounds)
 
 
@@ -132,9 +126,8 @@ def gather_bags(
         without offsets or 2-D ids with them, an unknown mode, weights with ``mode="max"``.
     """
     if _lowp.handles(table, dtype):
-        _no_bounds_for_lowp(bounds)
         return _lowp.gather_bags(table, ids, offsets, mode=mode, weights=weights, out=out,
-                                 return_argmax=return_argmax, dtype=dtype)
+                                 return_argmax=return_argmax, dtype=dtype, bounds=bounds)
     if offsets is not None:
         offsets = as_ids(offsets)
     return _core.gather_bags(

@@ -259,15 +259,16 @@ def _weights(weights: Any) -> Any:
 
 
 def gather(table: Any, ids: ArrayLike, *, out: Optional[NDArray[np.float32]] = None,
-           dtype: Optional[str] = None) -> NDArray[np.float32]:
+           dtype: Optional[str] = None, bounds: str = "raise") -> Any:
     storage, fmt = _storage(table, dtype)
-    return _core.lowp_gather(storage, as_ids(ids), out, fmt)
+    return _core.lowp_gather(storage, as_ids(ids), out, fmt, bounds)
 
 
 def gather_bags(table: Any, ids: ArrayLike, offsets: Optional[ArrayLike] = None, *, mode: str = "sum",
                 weights: Optional[ArrayLike] = None, out: Optional[NDArray[np.float32]] = None,
-                return_argmax: bool = False, dtype: Optional[str] = None) -> Any:
+                return_argmax: bool = False, dtype: Optional[str] = None, bounds: str = "raise") -> Any:
     storage, fmt = _storage(table, dtype)
     if offsets is not None:
         offsets = as_ids(offsets)
-    return _core.lowp_gather_bags(storage, as_ids(ids), offsets, mode, _weights(weights), out, return_argmax, fmt)
+    return _core.lowp_gather_bags(storage, as_ids(ids), offsets, mode, _weights(weights), out, return_argmax, fmt,
+                                  bounds)
