@@ -9,6 +9,7 @@
 #include "bindings/register.hpp"
 #include "kernels/dispatch.hpp"
 #include "kernels/parallel.hpp"
+#include "kernels/tuner.hpp"
 
 namespace embtab {
 namespace bind {
@@ -49,6 +50,25 @@ void register_runtime(py::module_& m) {
     return names;
   });
   m.def("best_simd_path", [] { return std::string(isa_name(best_isa())); });
+  // How pooled lookups prefetch the rows ahead: "auto" (timed, the faster of the two), "row"
+  // (every cache line of a row) or "line" (its first line only); EMBTAB_PREFETCH sets it at start-up.
+  m.def("set_prefetch_policy", [](const std::string& name) {
+    if (name == "auto") set_tune_override(-1);
+    else if (name == "row") set_tune_override(0);
+    else if (name == "line") set_tune_override(1);
+    else throw py::value_error("prefetch policy must be 'auto', 'row' or 'line', got '" + name + "'");
+  });
+  m.def("get_prefetch_policy", [] {
+    const int forced = get_tune_override();
+    return std::string(forced == 0 ? "row" : forced == 1 ? "line" : "auto");
+  });
+  m.def("bags_prefetch_counts", [](std::int64_t row_bytes, std::int64_t chunks) {
+    std::int64_t counts[2];
+    tune_counts(TuneSite::bags_prefetch, static_cast<std::uint64_t>(row_bytes) << 16 | static_cast<std::uint64_t>(chunks),
+                counts);
+    return py::make_tuple(counts[0], counts[1]);
+  }, "Calls of multi-threaded bags over rows of row_bytes in `chunks` chunks timed so far with whole-row and "
+     "lead-line prefetching (for tests).");
 }
 
 }  // namespace bind
