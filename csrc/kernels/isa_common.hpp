@@ -101,6 +101,26 @@ EMBTAB_INLINE void atomic_min(std::int64_t* target, std::int64_t value) {
   }
 }
 
+// What an invalid id (negative or >= num_rows) does in a lookup: with `zero_row` set
+// (bounds="zero") it reads as that stored row of zeros and is counted in *num_invalid; otherwise
+// the smallest invalid position goes to *first_bad and the kernel stops.
+struct InvalidIds {
+  const void* zero_row;
+  std::int64_t* first_bad;
+  std::int64_t* num_invalid;
+
+  // zero_row (counted if `count`: once per position when a row is read in several passes), or
+  // nullptr after recording pos.
+  __attribute__((noinline)) const void* resolve(std::int64_t pos, bool count = true) const {
+    if (zero_row) {
+      if (count) __atomic_fetch_add(num_invalid, 1, __ATOMIC_RELAXED);
+      return zero_row;
+    }
+    atomic_min(first_bad, pos);
+    return nullptr;
+  }
+};
+
 // First bag of chunk c when bags [0, num_bags) are split into `chunks` parts of about equal
 // (ids + bags): the smallest b with offsets[b] + b >= c * (total + num_bags) / chunks.
 EMBTAB_INLINE std::int64_t bag_chunk_begin(const std::int64_t* offsets, std::int64_t num_bags, std::int64_t c,

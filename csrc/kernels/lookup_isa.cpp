@@ -25,16 +25,12 @@ EMBTAB_INLINE int64_t prefetch_distance(int64_t row_bytes) {
   return max_of<int64_t>(2, min_of<int64_t>(16, 8192 / max_of<int64_t>(row_bytes, 1)));
 }
 
-// Where the rows of a lookup come from, and what an invalid id does: with `zero_row` set
-// (bounds="zero") it reads as that row of zeros and is counted; otherwise the smallest invalid
-// position is recorded and the kernel stops.
+// Where the rows of a lookup come from (and, in `invalid`, what an invalid id does).
 template <class T>
 struct Rows {
   const T* table;
   int64_t num_rows, dim;
-  const T* zero_row;
-  int64_t* first_bad;
-  int64_t* num_invalid;
+  InvalidIds invalid;
   // Prefetch only the first cache line of a row ahead and leave the rest to the hardware
   // prefetcher (bags; chosen by the tuner) instead of every line of it.
   bool lead_line_only = false;
@@ -44,16 +40,7 @@ struct Rows {
   template <int D = 0, class I>
   EMBTAB_INLINE const T* row(I id, int64_t pos) const {
     if (EMBTAB_LIKELY(id_in_range(id, num_rows))) return table + static_cast<int64_t>(id) * (D > 0 ? D : dim);
-    return invalid(pos);
-  }
-
-  __attribute__((noinline)) const T* invalid(int64_t pos) const {
-    if (zero_row) {
-      __atomic_fetch_add(num_invalid, 1, __ATOMIC_RELAXED);
-      return zero_row;
-    }
-    atomic_min(first_bad, pos);
-    return nullptr;
+    return static_cast<const T*>(invalid.resolve(pos));
   }
 
   template <int D = 0, class I>
@@ -118,7 +105,7 @@ template <class T, class I>
 int64_t gather(const T* table, int64_t num_rows, int64_t dim, const I* ids, int64_t n, T* out, const T* zero_row,
                int64_t* num_invalid) {
   int64_t first_bad = -1;
-  const Rows<T> rows{table, num_rows, dim, zero_row, &first_bad, num_invalid};
+  const Rows<T> rows{table, num_rows, dim, InvalidIds{zero_row, &first_bad, num_invalid}};
   if (n <= 0) return -1;
   if (dim == 0) {
     // Nothing to copy, but ids are still checked.
@@ -302,14 +289,14 @@ int64_t bags_mode(const Rows<T>& table_rows, const I* ids, const int64_t* offset
     }
   });
   tune_end(ticket, static_cast<double>(total));
-  return *rows.first_bad;
+  return *rows.invalid.first_bad;
 }
 
 template <class T, class I>
 int64_t bags(const T* table, int64_t num_rows, int64_t dim, const I* ids, const int64_t* offsets, int64_t num_bags,
              const T* weights, PoolMode mode, T* out, int64_t* argmax, const T* zero_row, int64_t* num_invalid) {
   int64_t first_bad = -1;
-  const Rows<T> rows{table, num_rows, dim, zero_row, &first_bad, num_invalid};
+  const Rows<T> rows{table, num_rows, dim, InvalidIds{zero_row, &first_bad, num_invalid}};
   if (num_bags <= 0) return -1;
   switch (mode) {
     case PoolMode::max:

@@ -267,17 +267,13 @@ EMBTAB_INLINE void prefetch_id(const I* ids, int64_t pos, int64_t end, const voi
   }
 }
 
-// Where the rows of a lookup come from, and what an invalid id does (as Rows in lookup_isa.cpp):
-// with `zero_row` set (bounds="zero", a stored row of zero bytes, which reads as zeros in every
-// format) it reads as that row and is counted; otherwise the smallest invalid position is recorded
-// and the kernel stops.
+// Where the rows of a lookup come from (and, in `invalid`, what an invalid id does; its zero row is
+// a stored row of zero bytes, which reads as zeros in every format).
 template <class R>
 struct LowpRows {
   const void* table;
   int64_t num_rows, dim;
-  const void* zero_row;
-  int64_t* first_bad;
-  int64_t* num_invalid;
+  InvalidIds invalid;
 
   // The row of ids[pos] = id into `row`, or false when the kernel must stop. `count`: whether an
   // invalid id is counted here (once per position, when a row is read in several passes).
@@ -287,17 +283,10 @@ struct LowpRows {
       row = R::at(table, static_cast<int64_t>(id), dim);
       return true;
     }
-    return invalid(pos, row, count);
-  }
-
-  __attribute__((noinline)) bool invalid(int64_t pos, R& row, bool count) const {
-    if (zero_row) {
-      if (count) __atomic_fetch_add(num_invalid, 1, __ATOMIC_RELAXED);
-      row = R::at(zero_row, 0, dim);
-      return true;
-    }
-    atomic_min(first_bad, pos);
-    return false;
+    const void* zero = invalid.resolve(pos, count);
+    if (zero == nullptr) return false;
+    row = R::at(zero, 0, dim);
+    return true;
   }
 };
 
@@ -322,7 +311,7 @@ int64_t gather(const void* table, int64_t num_rows, int64_t dim, const I* ids, i
                const void* zero_row, int64_t* num_invalid) {
   int64_t first_bad = -1;
   if (n <= 0) return -1;
-  const LowpRows<R> rows{table, num_rows, dim, zero_row, &first_bad, num_invalid};
+  const LowpRows<R> rows{table, num_rows, dim, InvalidIds{zero_row, &first_bad, num_invalid}};
   if (dim == 0) {
     R row;
     for (int64_t i = 0; i < n; ++i)
@@ -452,7 +441,7 @@ int64_t bags_mode(const LowpRows<R>& rows, const I* ids, const int64_t* offsets,
         EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(rows, ids, offsets, b0, b1, weights, out, argmax));
     }
   });
-  return *rows.first_bad;
+  return *rows.invalid.first_bad;
 }
 
 template <class R, class I>
@@ -461,7 +450,7 @@ int64_t bags(const void* table, int64_t num_rows, int64_t dim, const I* ids, con
              const void* zero_row, int64_t* num_invalid) {
   if (num_bags <= 0) return -1;
   int64_t first_bad = -1;
-  const LowpRows<R> rows{table, num_rows, dim, zero_row, &first_bad, num_invalid};
+  const LowpRows<R> rows{table, num_rows, dim, InvalidIds{zero_row, &first_bad, num_invalid}};
   switch (mode) {
     case PoolMode::max:
       return argmax ? bags_mode<PoolMode::max, false, true>(rows, ids, offsets, num_bags, weights, out, argmax)
