@@ -14,12 +14,12 @@ from embtab._bench.runner import measure_interleaved
 def test_measure_interleaved_times_in_rounds() -> None:
     calls = []
     fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
-    times = measure_interleaved(fns, 4)
+    times = measure_interleaved(fns, 4, warmup=3)
     assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4}
     assert all(t >= 0 for v in times.values() for t in v)
-    # A warm-up and a timed call each, then one call of each per round: never two rounds of one
-    # implementation in a row.
-    assert calls == ["a", "a", "b", "b"] + ["a", "b"] * 3
+    # Warm-up calls and one timed call each, then one call of each per round: never two rounds of
+    # one implementation in a row.
+    assert calls == ["a"] * 4 + ["b"] * 4 + ["a", "b"] * 3
 
 
 def test_json_report_has_one_row_per_thread_count(tmp_path, capsys) -> None:

@@ -66,14 +66,19 @@ def discover_cases(config: Config) -> List[Case]:
 THREADED_PEERS = frozenset({"torch"})
 
 
-def measure_interleaved(fns: Dict[str, Any], repeats: int) -> Dict[str, List[float]]:
-    """Times each function `repeats` times after one warm-up call, in rounds (one call of each per
-    round), so that a change in the machine's speed during the run (a noisy neighbour on a VM, a
-    frequency step) weighs on every implementation alike instead of on whichever ran then.
-    Functions that take over a second a call stop after 3 repeats, to keep the run short."""
+WARMUP_CALLS = 4
+
+
+def measure_interleaved(fns: Dict[str, Any], repeats: int, warmup: int = WARMUP_CALLS) -> Dict[str, List[float]]:
+    """Times each function `repeats` times after `warmup` untimed calls (the steady state: buffers
+    allocated, embtab's prefetch tuner settled), in rounds (one call of each per round), so that a
+    change in the machine's speed during the run (a noisy neighbour on a VM, a frequency step)
+    weighs on every implementation alike instead of on whichever ran then. Functions that take over
+    a second a call get one warm-up call and stop after 3 repeats, to keep the run short."""
     times: Dict[str, List[float]] = {}
     for key, fn in fns.items():
-        times[key] = time_call(fn, 1, warmup=1)
+        first = time_call(fn, 1, warmup=0)[0]  # the first warm-up call, timed to see if fn is slow
+        times[key] = time_call(fn, 1, warmup=max(0, warmup - 1) if first <= 1.0 else 0)
     for r in range(1, repeats):
         for key, fn in fns.items():
             if times[key][0] > 1.0 and r >= 3:
@@ -134,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
           f"SIMD {machine['simd_path']} | numpy {np.__version__}"
           + (f" | torch {torch.__version__}" if torch is not None else " | torch not installed"))
     print(f"memory-copy bandwidth (np.copyto, 1 thread, read+write): {bandwidth:.1f} GB/s; "
-          f"times are medians of {repeats} repeats after a warm-up, in ms; embtab, its baseline and torch "
+          f"times are medians of {repeats} repeats after {WARMUP_CALLS} warm-up calls, in ms; embtab, its baseline and torch "
           f"are timed in alternation, torch on as many threads as embtab")
     print()
 
