@@ -47,8 +47,66 @@ def quantize_reference(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarra
     return codes, scale, lo
 
 
+def exact_f64(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a + b in float64, checked to be exact (TwoSum error 0), so that one rounding to float32
+    afterwards is a correctly rounded float32 fma."""
+    t = a + b
+    bb = t - a
+    err = (a - (t - bb)) + (b - bb)
+    assert not np.any(err), "test data too wide for the exact float64 reference"
+    return t
+
+
+def dequant_reference(codes: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """fma(q, scale, bias) rounded once, from float64 (q * scale is exact there)."""
+    product = codes.astype(np.float64) * scale.astype(np.float64)[:, None]
+    return exact_f64(product, np.broadcast_to(bias.astype(np.float64)[:, None], product.shape)).astype(np.float32)
+
+
+class I8Reference(np.ndarray):
+    """Dequantized 8-bit rows that also carry their codes, scales and biases, so that a bag
+    reference can sum them with the 8-bit rule: acc = fma(q, scale, acc + bias) from acc = +0,
+    a weight folded into scale and bias (FBGEMM's rule)."""
+
+    parts: Any = None
+
+    @classmethod
+    def of(cls, codes: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> "I8Reference":
+        ref = dequant_reference(codes, scale, bias).view(cls)
+        ref.parts = (codes, np.asarray(scale, np.float32), np.asarray(bias, np.float32))
+        return ref
+
+    def __getitem__(self, index: Any) -> Any:
+        if self.parts is not None and isinstance(index, (np.ndarray, list)) and np.ndim(index) == 1:
+            codes, scale, bias = self.parts
+            return I8Reference.of(codes[index], scale[index], bias[index])
+        return np.asarray(self)[index]
+
+    def padded(self) -> "I8Reference":
+        """With one more row: a stored row of zero bytes (codes, scale and bias 0)."""
+        codes, scale, bias = self.parts
+        zero = np.zeros(1, np.float32)
+        return I8Reference.of(np.vstack([codes, np.zeros((1, codes.shape[1]), codes.dtype)]),
+                              np.concatenate([scale, zero]), np.concatenate([bias, zero]))
+
+
+def fused_sum_reference(rows: I8Reference, mode: str, weights: Any = None) -> np.ndarray:
+    codes, scale, bias = rows.parts
+    acc = np.zeros(codes.shape[1], np.float32)
+    for i in range(codes.shape[0]):
+        s, b = scale[i], bias[i]
+        if weights is not None:
+            s, b = np.float32(weights[i]) * s, np.float32(weights[i]) * b
+        shifted = (acc + b).astype(np.float32)
+        acc = exact_f64(codes[i].astype(np.float64) * np.float64(s), shifted.astype(np.float64)).astype(np.float32)
+    return acc / np.float32(codes.shape[0]) if mode == "mean" and codes.shape[0] else acc
+
+
 def pooled_reference(rows: np.ndarray, mode: str, weights: Any = None) -> np.ndarray:
-    """One bag, rows (n, dim) float32, accumulated in order in float32 like the kernels."""
+    """One bag, rows (n, dim) float32, accumulated in order in float32 like the kernels (8-bit
+    rows with their own rule)."""
+    if isinstance(rows, I8Reference) and rows.parts is not None and mode != "max":
+        return fused_sum_reference(rows, mode, weights)
     if rows.shape[0] == 0:
         return np.zeros(rows.shape[1], np.float32)
     if mode == "max":
@@ -83,7 +141,7 @@ def make_table(fmt: str, base: np.ndarray) -> Tuple[Any, dict, np.ndarray]:
         bits = bf16_reference(base)
         return bits, {"dtype": "bfloat16"}, (bits.astype(np.uint32) << 16).view(np.float32)
     table = embtab.quantize_rows(base)
-    return table, {}, table.dequantize()
+    return table, {}, I8Reference.of(table.data, table.scale, table.bias)
 
 
 def random_csr(rng: np.random.Generator, num_bags: int, max_len: int, num_rows: int, index_dtype: Any):
@@ -137,7 +195,8 @@ def test_bags_every_mode_equal_reference(each_path_and_threads, fmt, dim):
 def test_bounds_zero_reads_invalid_ids_as_zero_rows(each_path_and_threads, fmt, dim):
     rng = np.random.default_rng(300 + dim)
     table, kw, ref = make_table(fmt, rng.standard_normal((40, dim)).astype(np.float32))
-    padded = np.vstack([ref, np.zeros((1, dim), np.float32)])  # row 40: the zero row
+    # row 40: the zero row
+    padded = ref.padded() if isinstance(ref, I8Reference) else np.vstack([ref, np.zeros((1, dim), np.float32)])
     for index_dtype in INDEX:
         ids = rng.integers(-6, 46, 600).astype(index_dtype)
         valid = (ids >= 0) & (ids < 40)
@@ -400,7 +459,7 @@ def test_quantize_rows_matches_reference(simd_path, num_threads, dim):
     np.testing.assert_array_equal(q.scale, scale)
     np.testing.assert_array_equal(q.bias, bias)
     deq = q.dequantize()
-    np.testing.assert_array_equal(deq, codes.astype(np.float32) * scale[:, None] + bias[:, None])
+    np.testing.assert_array_equal(deq, dequant_reference(codes, scale, bias))  # fma(q, scale, bias)
     # Each value decodes to within half a step (plus float32 rounding) of itself.
     err = np.abs(deq.astype(np.float64) - x)
     bound = scale[:, None].astype(np.float64) * 0.5 + np.abs(x).astype(np.float64) * 2.0**-22
@@ -415,8 +474,11 @@ def test_quantize_rows_edge_cases():
     codes, scale, bias = quantize_reference(x)
     np.testing.assert_array_equal(q.data, codes)
     np.testing.assert_array_equal(q.scale, scale)
-    assert np.isfinite(q.dequantize()).all()
-    np.testing.assert_array_equal(q.dequantize()[:2], x[:2])
+    deq = q.dequantize()
+    assert np.isfinite(deq).all()
+    np.testing.assert_array_equal(deq[0], x[0])
+    # fma(255, fl(2 / 255), -1) is 1 + 2**-23: within half a step of 1, not 1 exactly.
+    assert deq[1, 0] == -1.0 and abs(float(deq[1, 1]) - 1.0) <= float(scale[1]) / 2
     # float64 and float16 input are converted to float32 first; a list is fine too.
     np.testing.assert_array_equal(embtab.quantize_rows(x[:2].astype(np.float64)).packed, q.packed[:2])
     np.testing.assert_array_equal(embtab.quantize_rows(x[:2].tolist()).packed, q.packed[:2])
@@ -440,9 +502,13 @@ def test_quantize_rows_errors():
         with pytest.raises(ValueError, match="row 3 cannot be quantized: it holds a NaN or an infinity"):
             embtab.quantize_rows(x)
     x = np.zeros((3, 2), np.float32)
-    x[1] = [3.0e38, -3.0e38]  # finite, but 255 * scale overflows
+    x[1] = [np.finfo(np.float32).max, -1.0e38]  # finite, but code 255 would decode to infinity
     with pytest.raises(ValueError, match="row 1 cannot be quantized"):
         embtab.quantize_rows(x)
+    # A range of 6e38 is fine: fma(255, scale, -3e38) never forms the overflowing 255 * scale.
+    x[1] = [3.0e38, -3.0e38]
+    deq = embtab.quantize_rows(x).dequantize()
+    assert np.isfinite(deq).all() and np.allclose(deq[1], x[1], rtol=1e-6)
 
 
 def test_quantized_table_from_parts_and_packed():
@@ -465,7 +531,7 @@ def test_quantized_table_from_parts_and_packed():
         embtab.QuantizedTable.from_packed(np.zeros((3, 9), np.int8))
 
 
-def test_int8_bags_match_torch_fused_8bit_kernel():
+def test_int8_bags_match_torch_fused_8bit_kernel(simd_path, num_threads):
     torch = pytest.importorskip("torch")
     try:
         op = torch.ops.quantized.embedding_bag_byte_rowwise_offsets
@@ -475,15 +541,16 @@ def test_int8_bags_match_torch_fused_8bit_kernel():
     q = embtab.quantize_rows(rng.standard_normal((200, 64)).astype(np.float32))
     ids, offsets = random_csr(rng, 40, 10, 200, np.int64)
     weights = rng.random(ids.shape, dtype=np.float32)
-    # The packed rows are FBGEMM's layout, so torch reads the same codes; it pools only by sum.
+    # The packed rows are FBGEMM's layout and the sums follow its rule, so torch gives the same
+    # bits (it pools by sum; mean multiplies by 1 / len there and divides here).
     ours = embtab.gather_bags(q, ids, offsets)
     theirs = op(torch.from_numpy(q.packed), torch.from_numpy(ids), torch.from_numpy(offsets[:-1]), False, 0,
                 False, None, None, False).numpy()
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours, theirs)
     ours = embtab.gather_bags(q, ids, offsets, weights=weights)
     theirs = op(torch.from_numpy(q.packed), torch.from_numpy(ids), torch.from_numpy(offsets[:-1]), False, 0,
                 False, torch.from_numpy(weights), None, False).numpy()
-    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize("fmt", ["float16", "bfloat16"])

@@ -83,6 +83,7 @@ EMBTAB_INLINE void v_store(float* p, VF v) { _mm512_storeu_ps(p, v); }
 EMBTAB_INLINE VF v_set1(float x) { return _mm512_set1_ps(x); }
 EMBTAB_INLINE VF v_add(VF a, VF b) { return _mm512_add_ps(a, b); }
 EMBTAB_INLINE VF v_mul(VF a, VF b) { return _mm512_mul_ps(a, b); }
+EMBTAB_INLINE VF v_fma(VF a, VF b, VF c) { return _mm512_fmadd_ps(a, b, c); }
 EMBTAB_INLINE VF v_div(VF a, VF b) { return _mm512_div_ps(a, b); }
 // (v > m || v is NaN) ? v : m, elementwise: numpy's NaN-propagating max.
 EMBTAB_INLINE VF v_max_nan(VF m, VF v) {
@@ -111,6 +112,7 @@ EMBTAB_INLINE void v_store(float* p, VF v) { _mm256_storeu_ps(p, v); }
 EMBTAB_INLINE VF v_set1(float x) { return _mm256_set1_ps(x); }
 EMBTAB_INLINE VF v_add(VF a, VF b) { return _mm256_add_ps(a, b); }
 EMBTAB_INLINE VF v_mul(VF a, VF b) { return _mm256_mul_ps(a, b); }
+EMBTAB_INLINE VF v_fma(VF a, VF b, VF c) { return _mm256_fmadd_ps(a, b, c); }
 EMBTAB_INLINE VF v_div(VF a, VF b) { return _mm256_div_ps(a, b); }
 EMBTAB_INLINE VF v_max_nan(VF m, VF v) {
   const VF take = _mm256_or_ps(_mm256_cmp_ps(v, m, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
@@ -134,6 +136,7 @@ EMBTAB_INLINE void v_store(float* p, VF v) { *p = v; }
 EMBTAB_INLINE VF v_set1(float x) { return x; }
 EMBTAB_INLINE VF v_add(VF a, VF b) { return a + b; }
 EMBTAB_INLINE VF v_mul(VF a, VF b) { return a * b; }
+EMBTAB_INLINE VF v_fma(VF a, VF b, VF c) { return __builtin_fmaf(a, b, c); }  // libm's fmaf: exact
 EMBTAB_INLINE VF v_div(VF a, VF b) { return a / b; }
 EMBTAB_INLINE VF v_max_nan(VF m, VF v) { return (v > m || v != v) ? v : m; }
 EMBTAB_INLINE VF v_from_f16(const uint16_t* p) { return f16_to_float(*p); }
@@ -145,6 +148,7 @@ EMBTAB_INLINE VF v_from_u8(const uint8_t* p) { return static_cast<float>(*p); }
 
 struct F16Row {
   const uint16_t* p;
+  static constexpr bool kFusedSum = false;
   static int64_t bytes(int64_t dim) { return 2 * dim; }
   EMBTAB_INLINE static F16Row at(const void* table, int64_t id, int64_t dim) {
     return F16Row{static_cast<const uint16_t*>(table) + id * dim};
@@ -155,6 +159,7 @@ struct F16Row {
 
 struct BF16Row {
   const uint16_t* p;
+  static constexpr bool kFusedSum = false;
   static int64_t bytes(int64_t dim) { return 2 * dim; }
   EMBTAB_INLINE static BF16Row at(const void* table, int64_t id, int64_t dim) {
     return BF16Row{static_cast<const uint16_t*>(table) + id * dim};
@@ -164,18 +169,30 @@ struct BF16Row {
 };
 
 // dim codes, then float32 scale and bias (unaligned when dim % 4 != 0, hence the memcpy loads).
+// Code q reads as fma(q, scale, bias), rounded once. Sums (kFusedSum) add a row into an
+// accumulator as fma(q, scale, acc + bias), from acc = +0, with a weight w folded into scale and
+// bias (w * scale, w * bias): FBGEMM's 8-bit row-wise rule, so the results equal torch's
+// quantized embedding_bag bit for bit.
 struct I8Row {
   const uint8_t* q;
   float scale, bias;
   VF vscale, vbias;
+  static constexpr bool kFusedSum = true;
   static int64_t bytes(int64_t dim) { return dim + 8; }
+  EMBTAB_INLINE static I8Row make(const uint8_t* q, float scale, float bias) {
+    return I8Row{q, scale, bias, v_set1(scale), v_set1(bias)};
+  }
   EMBTAB_INLINE static I8Row at(const void* table, int64_t id, int64_t dim) {
     const uint8_t* row = static_cast<const uint8_t*>(table) + id * (dim + 8);
-    const float scale = load_float(row + dim), bias = load_float(row + dim + 4);
-    return I8Row{row, scale, bias, v_set1(scale), v_set1(bias)};
+    return make(row, load_float(row + dim), load_float(row + dim + 4));
   }
-  EMBTAB_INLINE VF vec(int64_t j) const { return v_add(v_mul(v_from_u8(q + j), vscale), vbias); }
-  EMBTAB_INLINE float one(int64_t j) const { return static_cast<float>(q[j]) * scale + bias; }
+  EMBTAB_INLINE I8Row weighted(float w) const { return make(q, w * scale, w * bias); }
+  EMBTAB_INLINE VF vec(int64_t j) const { return v_fma(v_from_u8(q + j), vscale, vbias); }
+  EMBTAB_INLINE float one(int64_t j) const { return __builtin_fmaf(static_cast<float>(q[j]), scale, bias); }
+  EMBTAB_INLINE VF sum_into(int64_t j, VF acc) const { return v_fma(v_from_u8(q + j), vscale, v_add(acc, vbias)); }
+  EMBTAB_INLINE float sum_into_one(int64_t j, float acc) const {
+    return __builtin_fmaf(static_cast<float>(q[j]), scale, acc + bias);
+  }
 };
 
 // ---- row operations on a float32 output row o (D > 0: compile-time length) ----
@@ -214,6 +231,15 @@ EMBTAB_INLINE void add_scaled_row(float* EMBTAB_RESTRICT o, const R& r, float w,
   for (; j + kW <= n; j += kW) v_store(o + j, v_add(v_load(o + j), v_mul(vw, r.vec(j))));
   if (D == 0 || D % kW != 0)
     for (; j < n; ++j) o[j] += w * r.one(j);
+}
+// o = the fused sum of o and row r (rows with kFusedSum).
+template <int D, class R>
+EMBTAB_INLINE void sum_row(float* EMBTAB_RESTRICT o, const R& r, int64_t dim) {
+  const int64_t n = D > 0 ? D : dim;
+  int64_t j = 0;
+  for (; j + kW <= n; j += kW) v_store(o + j, r.sum_into(j, v_load(o + j)));
+  if (D == 0 || D % kW != 0)
+    for (; j < n; ++j) o[j] = r.sum_into_one(j, o[j]);
 }
 template <int D, class R>
 EMBTAB_INLINE void max_row(float* EMBTAB_RESTRICT o, const R& r, int64_t dim) {
@@ -353,14 +379,33 @@ EMBTAB_INLINE bool pool_bag_in_registers(const LowpRows<R>& rows, const I* EMBTA
     for (int64_t k = 0; k < kBlock; ++k) x[k] = Weighted ? v_mul(w, row.vec((c0 + k) * kW)) : row.vec((c0 + k) * kW);
     return true;
   };
+  // Fused sums (8-bit rows): acc = fma(q, scale, acc + bias) from acc = +0, weights folded in.
+  auto fuse = [&](int64_t i, int64_t c0, VF* acc) -> bool {
+    if (c0 == 0) prefetch_id(ids, i + ahead, ids_end, rows.table, rows.num_rows, row_bytes);
+    R row;
+    if (!rows.get(ids[i], i, row, c0 == 0)) return false;
+    if constexpr (R::kFusedSum) {
+      if (Weighted) row = row.weighted(weights[i]);
+#pragma GCC unroll 8
+      for (int64_t k = 0; k < kBlock; ++k) acc[k] = row.sum_into((c0 + k) * kW, acc[k]);
+    }
+    return true;
+  };
   for (int64_t c0 = 0; c0 < kVectors; c0 += kBlock) {
     VF acc[kBlock];
-    if (!load(s, c0, acc)) return false;
-    for (int64_t i = s + 1; i < e; ++i) {
-      VF x[kBlock];
-      if (!load(i, c0, x)) return false;
+    if constexpr (R::kFusedSum && M != PoolMode::max) {
 #pragma GCC unroll 8
-      for (int64_t k = 0; k < kBlock; ++k) acc[k] = M == PoolMode::max ? v_max_nan(acc[k], x[k]) : v_add(acc[k], x[k]);
+      for (int64_t k = 0; k < kBlock; ++k) acc[k] = v_set1(0.0f);
+      for (int64_t i = s; i < e; ++i)
+        if (!fuse(i, c0, acc)) return false;
+    } else {
+      if (!load(s, c0, acc)) return false;
+      for (int64_t i = s + 1; i < e; ++i) {
+        VF x[kBlock];
+        if (!load(i, c0, x)) return false;
+#pragma GCC unroll 8
+        for (int64_t k = 0; k < kBlock; ++k) acc[k] = M == PoolMode::max ? v_max_nan(acc[k], x[k]) : v_add(acc[k], x[k]);
+      }
     }
     const VF count = v_set1(static_cast<float>(e - s));
 #pragma GCC unroll 8
@@ -409,6 +454,9 @@ void bags_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, const int
         } else {
           max_row<D>(o, row, dim);
         }
+      } else if constexpr (R::kFusedSum) {
+        if (i == s) row_zero<D>(o, dim);
+        sum_row<D>(o, Weighted ? row.weighted(weights[i]) : row, dim);
       } else if (Weighted) {
         if (i == s)
           put_scaled_row<D>(o, row, weights[i], dim);
@@ -494,9 +542,10 @@ int64_t quantize_rows_8bit(const float* table, int64_t num_rows, int64_t dim, ui
         hi = v > hi ? v : hi;
       }
       const float scale = static_cast<float>((static_cast<double>(hi) - static_cast<double>(lo)) / 255.0);
-      // Decoding is monotone in the code, so if code 255 decodes to a finite value, all do.
-      const float top = 255.0f * scale;
-      if (!finite || top - top != 0.0f || (top + lo) - (top + lo) != 0.0f) {
+      // Decoding, fma(q, scale, lo), is monotone in the code, so if code 255 decodes to a finite
+      // value, all do.
+      const float top = __builtin_fmaf(255.0f, scale, lo);
+      if (!finite || top - top != 0.0f) {
         atomic_min(&first_bad, r);
         return;
       }

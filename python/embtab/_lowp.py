@@ -66,8 +66,12 @@ class BFloat16Table:
 
 class QuantizedTable:
     """A row-wise 8-bit quantized table: one uint8 code per value plus a float32 scale and bias
-    per row; code ``q`` of row ``r`` stands for ``float32(q) * scale[r] + bias[r]`` (in float32,
-    rounded after the product and after the sum).
+    per row; code ``q`` of row ``r`` stands for ``fma(q, scale[r], bias[r])`` (in float32, rounded
+    once after the product and the sum). Sums over bags add a row into the accumulator as
+    ``fma(q, scale, acc + bias)`` starting from ``acc = 0``, a weight ``w`` folded into the scale and
+    bias (``w * scale``, ``w * bias``): FBGEMM's rule, so that ``gather_bags`` on such a table gives
+    bit for bit what torch's ``quantized.embedding_bag_byte_rowwise_offsets`` gives (mode "mean"
+    then divides by the bag length). They equal sums of :meth:`dequantize` rows to float rounding.
 
     The rows are stored packed, ``dim`` codes followed by the 4 bytes of the scale and the 4 bytes
     of the bias (``packed`` has shape ``(num_rows, dim + 8)``, the layout of FBGEMM's 8-bit
@@ -141,11 +145,10 @@ class QuantizedTable:
         return self._column(self.shape[1] + 4)
 
     def dequantize(self) -> NDArray[np.float32]:
-        """The float32 table the codes stand for: ``data * scale[:, None] + bias[:, None]``."""
-        out = self.data.astype(np.float32)
-        out *= self.scale[:, None]
-        out += self.bias[:, None]
-        return out
+        """The float32 table the codes stand for: ``fma(data, scale[:, None], bias[:, None])``,
+        rounded once (what :func:`embtab.gather` returns for every row)."""
+        num_rows = self.shape[0]
+        return _core.lowp_gather(self.packed, np.arange(num_rows, dtype=np.int64), None, "int8")
 
     def __repr__(self) -> str:
         return f"QuantizedTable(shape={self.shape}, bits={self.bits})"

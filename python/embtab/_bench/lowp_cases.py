@@ -23,8 +23,10 @@ def _upcast_rows(table: Any, rows: np.ndarray) -> np.ndarray:
         return table[rows].astype(np.float32)
     if isinstance(table, embtab.BFloat16Table):
         return (table.data[rows].astype(np.uint32) << np.uint32(16)).view(np.float32)
-    codes = table.data[rows].astype(np.float32)
-    return codes * table.scale[rows, None] + table.bias[rows, None]
+    # fma(q, scale, bias), rounded once: q * scale is exact in float64, and so is the sum for
+    # rows whose bias is not vastly larger than their range (as here).
+    codes = table.data[rows].astype(np.float64)
+    return (codes * table.scale[rows, None].astype(np.float64) + table.bias[rows, None]).astype(np.float32)
 
 
 def cases(config: Config) -> List[Case]:
