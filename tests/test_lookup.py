@@ -324,6 +324,11 @@ def test_prefetch_tuner_times_both_and_only_large_multithreaded_bags(prefetch_po
         assert row + line == 6 and (start != (0, 0) or (row >= 2 and line >= 2))
         embtab.gather_bags(table, ids[:100])  # 0.5 MB of rows: not timed
         assert sum(embtab._core.bags_prefetch_counts(256, 2)) == sum(start) + 6
+        # Max bags take longer per row: they are timed apart from sums.
+        before_max = sum(embtab._core.bags_prefetch_counts(256, 2, 2))
+        embtab.gather_bags(table, ids, mode="max")
+        assert sum(embtab._core.bags_prefetch_counts(256, 2, 2)) == before_max + 1
+        assert sum(embtab._core.bags_prefetch_counts(256, 2)) == sum(start) + 6
         embtab.set_num_threads(1)
         embtab.gather_bags(table, ids)  # one thread: not timed either
         assert embtab._core.bags_prefetch_counts(256, 1) == (0, 0)

@@ -9,6 +9,7 @@
 #include "bindings/register.hpp"
 #include "kernels/dispatch.hpp"
 #include "kernels/parallel.hpp"
+#include "kernels/lookup.hpp"
 #include "kernels/tuner.hpp"
 
 namespace embtab {
@@ -62,13 +63,13 @@ void register_runtime(py::module_& m) {
     const int forced = get_tune_override();
     return std::string(forced == 0 ? "row" : forced == 1 ? "line" : "auto");
   });
-  m.def("bags_prefetch_counts", [](std::int64_t row_bytes, std::int64_t chunks) {
+  m.def("bags_prefetch_counts", [](std::int64_t row_bytes, std::int64_t chunks, int kind) {
     std::int64_t counts[2];
-    tune_counts(TuneSite::bags_prefetch, static_cast<std::uint64_t>(row_bytes) << 16 | static_cast<std::uint64_t>(chunks),
-                counts);
+    tune_counts(TuneSite::bags_prefetch, bags_tune_detail(row_bytes, chunks, kind), counts);
     return py::make_tuple(counts[0], counts[1]);
-  }, "Calls of multi-threaded bags over rows of row_bytes in `chunks` chunks timed so far with whole-row and "
-     "lead-line prefetching (for tests).");
+  }, py::arg("row_bytes"), py::arg("chunks"), py::arg("kind") = 0,
+     "Calls of multi-threaded bags (kind 0 sum / mean, 1 weighted, 2 max, 3 max with argmax) over rows of "
+     "row_bytes in `chunks` chunks timed so far with whole-row and lead-line prefetching (for tests).");
 }
 
 }  // namespace bind

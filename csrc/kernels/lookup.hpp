@@ -19,6 +19,14 @@ namespace embtab {
 
 enum class PoolMode : int { sum = 0, mean = 1, max = 2 };
 
+// What the prefetch tuner keys multi-threaded bag calls by: calls that differ in any of these take
+// different times per row, so they are timed apart. `kind`: 0 sum / mean, 1 weighted, 2 max, 3 max
+// with argmax.
+inline std::uint64_t bags_tune_detail(std::int64_t row_bytes, std::int64_t chunks, int kind) {
+  return static_cast<std::uint64_t>(row_bytes) << 24 | static_cast<std::uint64_t>(chunks) << 4 |
+         static_cast<std::uint64_t>(kind);
+}
+
 template <class T, class I>
 struct LookupFns {
   std::int64_t (*gather)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids, std::int64_t n,

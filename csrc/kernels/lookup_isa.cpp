@@ -278,8 +278,8 @@ int64_t bags_mode(const Rows<T>& table_rows, const I* ids, const int64_t* offset
   // multi-threaded calls large enough to be memory bound let the tuner choose per row size.
   const bool eligible = chunks >= 2 && total * row_bytes >= kTuneMinBytes;
   const TuneTicket ticket =
-      tune_begin(TuneSite::bags_prefetch, static_cast<std::uint64_t>(row_bytes) << 16 | static_cast<std::uint64_t>(chunks),
-                 eligible);
+      tune_begin(TuneSite::bags_prefetch,
+                 bags_tune_detail(row_bytes, chunks, M == PoolMode::max ? (Arg ? 3 : 2) : (Weighted ? 1 : 0)), eligible);
   rows.lead_line_only = ticket.arm == 1;
   parallel_for(static_cast<std::size_t>(chunks), 1, [&](std::size_t c0, std::size_t c1) {
     for (std::size_t c = c0; c < c1; ++c) {
