@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import os
@@ -11,7 +12,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -52,13 +53,19 @@ def copy_bandwidth(quick: bool, repeats: int) -> float:
     return 2 * src.nbytes / statistics.median(times) / 1e9
 
 
-def discover_cases(config: Config) -> List[Case]:
-    found: List[Case] = []
+def iter_cases(config: Config, wanted: List[str]) -> Iterator[Case]:
+    """The cases of each ``*_cases`` module in turn (those whose names contain one of `wanted`, if
+    any), built only when their turn comes, so that one module's tables (gigabytes at the default
+    sizes) can be freed before the next module allocates its own: the caller drops each case it
+    has run before asking for the next one."""
     for info in sorted(pkgutil.iter_modules(_package_path), key=lambda m: m.name):
         if info.name.endswith("_cases"):
             module = importlib.import_module(f"{_package_name}.{info.name}")
-            found.extend(module.cases(config))
-    return found
+            group = [c for c in module.cases(config) if not wanted or any(w in c.name for w in wanted)]
+            group.reverse()
+            while group:
+                yield group.pop()
+            gc.collect()
 
 
 # Peers that run on several threads: measured at each thread count of the sweep, with as many
@@ -116,10 +123,7 @@ def run(args: argparse.Namespace) -> int:
     # torch runs on as many threads as embtab in each row of the sweep (set_peer_threads).
     torch = optional_import("torch")
 
-    cases = discover_cases(config)
-    if args.cases:
-        wanted = [w.strip() for w in args.cases.split(",") if w.strip()]
-        cases = [c for c in cases if any(w in c.name for w in wanted)]
+    wanted = [w.strip() for w in args.cases.split(",") if w.strip()] if args.cases else []
 
     bandwidth = copy_bandwidth(args.quick, repeats)
     machine = {
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     print()
 
     rows: List[Dict[str, Any]] = []
-    peer_names = sorted({p for c in cases for p in c.peers})
+    # The table's columns are fixed before the cases are built: torch is the one peer.
+    peer_names = ["torch"] if torch is not None else []
     header = ["case", "sizes", "threads", "baseline", "baseline ms", "embtab ms", "speedup"]
     for p in peer_names:
         header += [f"{p} ms", f"vs {p}"]
@@ -156,7 +161,11 @@ def run(args: argparse.Namespace) -> int:
     original_threads = embtab.get_num_threads()
     original_peer_threads = torch.get_num_threads() if torch is not None else 0
     try:
-        for case in cases:
+        cases = iter_cases(config, wanted)
+        while (case := next(cases, None)) is not None:
+            unknown = set(case.peers) - set(peer_names)
+            if unknown:
+                raise RuntimeError(f"case {case.name} has peers without a column: {sorted(unknown)}")
             reps = case.repeats or repeats
             base_res = case.baseline() if case.baseline is not None else None
             if case.check is not None and case.baseline is not None:
@@ -220,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
                 rows.append(row)
                 print("| " + " | ".join(cells) + " |")
                 sys.stdout.flush()
+            # Let go of this case (its closures hold the tables) before the next one is built.
+            case = fns = base_res = None
     finally:
         embtab.set_num_threads(original_threads)
         set_peer_threads(torch, original_peer_threads)
