@@ -273,9 +273,10 @@ int64_t bags_mode(const Rows<T>& table_rows, const I* ids, const int64_t* offset
   const int64_t row_bytes = dim * int64_t(sizeof(T));
   const bool stream = num_bags * row_bytes >= kStreamBagOutputBytes && row_bytes % 64 == 0 &&
                       reinterpret_cast<std::uintptr_t>(out) % 64 == 0;
-  // Whole rows or lead lines ahead: which is faster depends on whether the threads share a core's
-  // miss buffers (measured on a 2-vCPU VM: each won by 15-25% in one of its two states), so
-  // multi-threaded calls large enough to be memory bound let the tuner choose per row size.
+  // Whole rows or lead lines ahead: which is faster depends on the machine's state (on a 2-vCPU
+  // VM each won by 15-25% in one of two states its memory throughput moves between, perhaps
+  // whether the vCPUs share a core), so multi-threaded calls large enough to be memory bound let
+  // the tuner choose.
   const bool eligible = chunks >= 2 && total * row_bytes >= kTuneMinBytes;
   const TuneTicket ticket =
       tune_begin(TuneSite::bags_prefetch,

@@ -2,9 +2,10 @@
 // speed on different machines (e.g. prefetching whole rows, or only their first line and leaving
 // the rest to the hardware prefetcher). Pure C++; no Python.
 //
-// Which is faster can change while a process runs: on a VM, two vCPUs sometimes share one physical
-// core (and its cache-miss buffers) and sometimes not. So the tuner times both, then runs the
-// faster one, and keeps re-timing the other on one call in kExploreEvery.
+// Which is faster can change while a process runs: a 2-vCPU VM's memory throughput moves between
+// two states (perhaps as its vCPUs come to share one physical core, or stop), and each option wins
+// in one of them. So the tuner times both, then runs the faster one, and keeps re-timing the other
+// on one call in kExploreEvery.
 #pragma once
 
 #include <cstdint>
