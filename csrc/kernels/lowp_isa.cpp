@@ -146,27 +146,20 @@ EMBTAB_INLINE VF v_from_u8(const uint8_t* p) { return static_cast<float>(*p); }
 
 // ---- one stored row, read as float32: vec(j) gives elements [j, j + kW), one(j) element j ----
 
-struct F16Row {
+// A row of 16-bit floats (float16 or bfloat16), widened by Wide (kW values) and WideOne (one).
+template <VF (*Wide)(const uint16_t*), float (*WideOne)(uint16_t)>
+struct HalfRow {
   const uint16_t* p;
   static constexpr bool kFusedSum = false;
   static int64_t bytes(int64_t dim) { return 2 * dim; }
-  EMBTAB_INLINE static F16Row at(const void* table, int64_t id, int64_t dim) {
-    return F16Row{static_cast<const uint16_t*>(table) + id * dim};
+  EMBTAB_INLINE static HalfRow at(const void* table, int64_t id, int64_t dim) {
+    return HalfRow{static_cast<const uint16_t*>(table) + id * dim};
   }
-  EMBTAB_INLINE VF vec(int64_t j) const { return v_from_f16(p + j); }
-  EMBTAB_INLINE float one(int64_t j) const { return f16_to_float(p[j]); }
+  EMBTAB_INLINE VF vec(int64_t j) const { return Wide(p + j); }
+  EMBTAB_INLINE float one(int64_t j) const { return WideOne(p[j]); }
 };
-
-struct BF16Row {
-  const uint16_t* p;
-  static constexpr bool kFusedSum = false;
-  static int64_t bytes(int64_t dim) { return 2 * dim; }
-  EMBTAB_INLINE static BF16Row at(const void* table, int64_t id, int64_t dim) {
-    return BF16Row{static_cast<const uint16_t*>(table) + id * dim};
-  }
-  EMBTAB_INLINE VF vec(int64_t j) const { return v_from_bf16(p + j); }
-  EMBTAB_INLINE float one(int64_t j) const { return bf16_to_float(p[j]); }
-};
+using F16Row = HalfRow<v_from_f16, f16_to_float>;
+using BF16Row = HalfRow<v_from_bf16, bf16_to_float>;
 
 // dim codes, then float32 scale and bias (unaligned when dim % 4 != 0, hence the memcpy loads).
 // Code q reads as fma(q, scale, bias), rounded once. Sums (kFusedSum) add a row into an
@@ -369,11 +362,15 @@ EMBTAB_INLINE bool pool_bag_in_registers(const LowpRows<R>& rows, const I* EMBTA
   constexpr int64_t kVectors = D / kW;
   constexpr int64_t kBlock = kVectors < kBlockVectors ? kVectors : kBlockVectors;
   static_assert(kVectors % kBlock == 0, "row length must split into whole blocks");
+  // Row i (prefetching ahead and counting an invalid id on the first pass), or false to stop.
+  auto fetch = [&](int64_t i, int64_t c0, R& row) -> bool {
+    if (c0 == 0) prefetch_id(ids, i + ahead, ids_end, rows.table, rows.num_rows, row_bytes);
+    return rows.get(ids[i], i, row, c0 == 0);
+  };
   // Row i's vectors [c0, c0 + kBlock), times its weight.
   auto load = [&](int64_t i, int64_t c0, VF* x) -> bool {
-    if (c0 == 0) prefetch_id(ids, i + ahead, ids_end, rows.table, rows.num_rows, row_bytes);
     R row;
-    if (!rows.get(ids[i], i, row, c0 == 0)) return false;
+    if (!fetch(i, c0, row)) return false;
     const VF w = v_set1(Weighted ? weights[i] : 1.0f);
 #pragma GCC unroll 8
     for (int64_t k = 0; k < kBlock; ++k) x[k] = Weighted ? v_mul(w, row.vec((c0 + k) * kW)) : row.vec((c0 + k) * kW);
@@ -381,9 +378,8 @@ EMBTAB_INLINE bool pool_bag_in_registers(const LowpRows<R>& rows, const I* EMBTA
   };
   // Fused sums (8-bit rows): acc = fma(q, scale, acc + bias) from acc = +0, weights folded in.
   auto fuse = [&](int64_t i, int64_t c0, VF* acc) -> bool {
-    if (c0 == 0) prefetch_id(ids, i + ahead, ids_end, rows.table, rows.num_rows, row_bytes);
     R row;
-    if (!rows.get(ids[i], i, row, c0 == 0)) return false;
+    if (!fetch(i, c0, row)) return false;
     if constexpr (R::kFusedSum) {
       if (Weighted) row = row.weighted(weights[i]);
 #pragma GCC unroll 8
