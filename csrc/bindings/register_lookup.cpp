@@ -26,35 +26,25 @@ Table check_table(const py::handle& obj) {
   return Table{c_contiguous(table), kind, table.shape(0), table.shape(1)};
 }
 
-// Allocates `out` or checks the caller's.
-py::array prepare_output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
-  if (out.is_none()) return aligned_empty(dtype, shape);
-  py::array given = require_array(out, "out");
-  require_output(given, dtype, shape, "out");
-  return given;
-}
-
 // Returns the output, or (output, number of invalid ids) with bounds="zero".
 py::object gather(const py::handle& table_obj, const py::handle& ids_obj, const py::object& out_obj,
                   const std::string& bounds) {
   const bool zero_invalid = parse_bounds(bounds);
   const Table table = check_table(table_obj);
-  const py::array ids_in = require_array(ids_obj, "ids");
-  const IndexKind ids_kind = require_index(ids_in, "ids");
-  const py::array ids = c_contiguous(ids_in);
+  const Ids ids = check_ids(ids_obj);
 
-  std::vector<py::ssize_t> shape(ids.shape(), ids.shape() + ids.ndim());
+  std::vector<py::ssize_t> shape(ids.array.shape(), ids.array.shape() + ids.array.ndim());
   shape.push_back(table.dim);
   py::array out = prepare_output(out_obj, table.array.dtype(), shape);
-  const std::int64_t n = ids.size();
+  const std::int64_t n = ids.n;
   std::int64_t num_invalid = 0;
 
   const std::int64_t bad = visit_float(table.kind, [&](auto ttag) {
     using T = decltype(ttag);
-    return visit_index(ids_kind, [&](auto itag) {
+    return visit_index(ids.kind, [&](auto itag) {
       using I = decltype(itag);
       const T* table_ptr = cdata<T>(table.array);
-      const I* ids_ptr = cdata<I>(ids);
+      const I* ids_ptr = cdata<I>(ids.array);
       T* out_ptr = wdata<T>(out);
       const ZeroRow zeros(zero_invalid, table.dim * std::int64_t(sizeof(T)));
       const T* zero_row = static_cast<const T*>(zeros.row());
@@ -63,7 +53,7 @@ py::object gather(const py::handle& table_obj, const py::handle& ids_obj, const 
                                                  &num_invalid);
     });
   });
-  if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
+  if (bad >= 0) throw_bad_id(ids.array, bad, table.num_rows);
   return lookup_result(out, py::none(), zero_invalid, num_invalid);
 }
 
@@ -72,43 +62,29 @@ py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, c
                        bool return_argmax, const std::string& bounds) {
   const bool zero_invalid = parse_bounds(bounds);
   const Table table = check_table(table_obj);
-  const PoolMode mode = parse_mode(mode_name);
-  const py::array ids_in = require_array(ids_obj, "ids");
-  const IndexKind ids_kind = require_index(ids_in, "ids");
-  const py::array ids = c_contiguous(ids_in);
-
-  const std::vector<std::int64_t> offsets = bag_offsets(ids, offsets_obj);
-  const std::int64_t num_bags = static_cast<std::int64_t>(offsets.size()) - 1;
-
-  py::array weights;  // (a default py::array is an empty array, not null: test has_weights)
-  const bool has_weights = check_bag_weights(weights_obj, mode, table.array.dtype(),
-                                             "the table's dtype " + dtype_str(table.array), ids, &weights);
-  if (return_argmax && mode != PoolMode::max) throw py::value_error("return_argmax=True requires mode='max'");
-
-  py::array out = prepare_output(out_obj, table.array.dtype(), {num_bags, table.dim});
-  py::array_t<std::int64_t> argmax;
-  if (return_argmax) argmax = py::array_t<std::int64_t>(std::vector<py::ssize_t>{num_bags, table.dim});
+  const LookupBags bags = check_lookup_bags(ids_obj, offsets_obj, mode_name, weights_obj, table.array.dtype(),
+                                            "the table's dtype " + dtype_str(table.array), return_argmax, table.dim);
+  py::array out = prepare_output(out_obj, table.array.dtype(), {bags.num_bags, table.dim});
 
   std::int64_t num_invalid = 0;
   const std::int64_t bad = visit_float(table.kind, [&](auto ttag) {
     using T = decltype(ttag);
-    return visit_index(ids_kind, [&](auto itag) {
+    return visit_index(bags.ids.kind, [&](auto itag) {
       using I = decltype(itag);
       const T* table_ptr = cdata<T>(table.array);
-      const I* ids_ptr = cdata<I>(ids);
-      const T* weights_ptr = has_weights ? cdata<T>(weights) : nullptr;
+      const I* ids_ptr = cdata<I>(bags.ids.array);
+      const T* weights_ptr = bags.has_weights ? cdata<T>(bags.weights) : nullptr;
       T* out_ptr = wdata<T>(out);
-      std::int64_t* argmax_ptr = return_argmax ? argmax.mutable_data() : nullptr;
       const ZeroRow zeros(zero_invalid, table.dim * std::int64_t(sizeof(T)));
       const T* zero_row = static_cast<const T*>(zeros.row());
       py::gil_scoped_release release;  // only raw pointers from here on
-      return lookup_kernels().get<T, I>().bags(table_ptr, table.num_rows, table.dim, ids_ptr, offsets.data(),
-                                               num_bags, weights_ptr, mode, out_ptr, argmax_ptr, zero_row,
-                                               &num_invalid);
+      return lookup_kernels().get<T, I>().bags(table_ptr, table.num_rows, table.dim, ids_ptr, bags.offsets.data(),
+                                               bags.num_bags, weights_ptr, bags.mode, out_ptr, bags.argmax_data,
+                                               zero_row, &num_invalid);
     });
   });
-  if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
-  return lookup_result(out, return_argmax ? py::object(argmax) : py::none(), zero_invalid, num_invalid);
+  if (bad >= 0) throw_bad_id(bags.ids.array, bad, table.num_rows);
+  return lookup_result(out, bags.argmax, zero_invalid, num_invalid);
 }
 
 }  // namespace

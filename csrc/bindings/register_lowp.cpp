@@ -57,82 +57,56 @@ LowpTable check_table(const py::handle& obj, const std::string& format_name) {
   return LowpTable{c_contiguous(table), format, table.shape(0), dim};
 }
 
-// Allocates a float32 `out` or checks the caller's.
-py::array prepare_output(const py::object& out, const std::vector<py::ssize_t>& shape) {
-  const py::dtype f32 = py::dtype::of<float>();
-  if (out.is_none()) return aligned_empty(f32, shape);
-  py::array given = require_array(out, "out");
-  require_output(given, f32, shape, "out");
-  return given;
-}
-
 // Returns the output, or (output, number of invalid ids) with bounds="zero".
 py::object gather(const py::handle& table_obj, const py::handle& ids_obj, const py::object& out_obj,
                   const std::string& format, const std::string& bounds) {
   const bool zero_invalid = parse_bounds(bounds);
   const LowpTable table = check_table(table_obj, format);
-  const py::array ids_in = require_array(ids_obj, "ids");
-  const IndexKind ids_kind = require_index(ids_in, "ids");
-  const py::array ids = c_contiguous(ids_in);
+  const Ids ids = check_ids(ids_obj);
 
-  std::vector<py::ssize_t> shape(ids.shape(), ids.shape() + ids.ndim());
+  std::vector<py::ssize_t> shape(ids.array.shape(), ids.array.shape() + ids.array.ndim());
   shape.push_back(table.dim);
-  py::array out = prepare_output(out_obj, shape);
-  const std::int64_t n = ids.size();
+  py::array out = prepare_output(out_obj, py::dtype::of<float>(), shape);
   std::int64_t num_invalid = 0;
   const ZeroRow zeros(zero_invalid, lowp_row_bytes(table.format, table.dim));
 
-  const std::int64_t bad = visit_index(ids_kind, [&](auto itag) {
+  const std::int64_t bad = visit_index(ids.kind, [&](auto itag) {
     using I = decltype(itag);
     const void* table_ptr = table.array.data();
-    const I* ids_ptr = cdata<I>(ids);
+    const I* ids_ptr = cdata<I>(ids.array);
     float* out_ptr = wdata<float>(out);
     py::gil_scoped_release release;  // only raw pointers from here on
-    return lowp_kernels().get<I>(table.format).gather(table_ptr, table.num_rows, table.dim, ids_ptr, n, out_ptr,
+    return lowp_kernels().get<I>(table.format).gather(table_ptr, table.num_rows, table.dim, ids_ptr, ids.n, out_ptr,
                                                       zeros.row(), &num_invalid);
   });
-  if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
+  if (bad >= 0) throw_bad_id(ids.array, bad, table.num_rows);
   return lookup_result(out, py::none(), zero_invalid, num_invalid);
 }
-
 
 py::object gather_bags(const py::handle& table_obj, const py::handle& ids_obj, const py::object& offsets_obj,
                        const std::string& mode_name, const py::object& weights_obj, const py::object& out_obj,
                        bool return_argmax, const std::string& format, const std::string& bounds) {
   const bool zero_invalid = parse_bounds(bounds);
   const LowpTable table = check_table(table_obj, format);
-  const PoolMode mode = parse_mode(mode_name);
-  const py::array ids_in = require_array(ids_obj, "ids");
-  const IndexKind ids_kind = require_index(ids_in, "ids");
-  const py::array ids = c_contiguous(ids_in);
-  const std::vector<std::int64_t> offsets = bag_offsets(ids, offsets_obj);
-  const std::int64_t num_bags = static_cast<std::int64_t>(offsets.size()) - 1;
-
-  py::array weights;  // (a default py::array is an empty array, not null: test has_weights)
-  const bool has_weights = check_bag_weights(weights_obj, mode, py::dtype::of<float>(),
-                                             "dtype float32 for a " + format + " table", ids, &weights);
-  if (return_argmax && mode != PoolMode::max) throw py::value_error("return_argmax=True requires mode='max'");
-
-  py::array out = prepare_output(out_obj, {num_bags, table.dim});
-  py::array_t<std::int64_t> argmax;
-  if (return_argmax) argmax = py::array_t<std::int64_t>(std::vector<py::ssize_t>{num_bags, table.dim});
+  const LookupBags bags = check_lookup_bags(ids_obj, offsets_obj, mode_name, weights_obj, py::dtype::of<float>(),
+                                            "dtype float32 for a " + format + " table", return_argmax, table.dim);
+  py::array out = prepare_output(out_obj, py::dtype::of<float>(), {bags.num_bags, table.dim});
   std::int64_t num_invalid = 0;
   const ZeroRow zeros(zero_invalid, lowp_row_bytes(table.format, table.dim));
 
-  const std::int64_t bad = visit_index(ids_kind, [&](auto itag) {
+  const std::int64_t bad = visit_index(bags.ids.kind, [&](auto itag) {
     using I = decltype(itag);
     const void* table_ptr = table.array.data();
-    const I* ids_ptr = cdata<I>(ids);
-    const float* weights_ptr = has_weights ? cdata<float>(weights) : nullptr;
+    const I* ids_ptr = cdata<I>(bags.ids.array);
+    const float* weights_ptr = bags.has_weights ? cdata<float>(bags.weights) : nullptr;
     float* out_ptr = wdata<float>(out);
-    std::int64_t* argmax_ptr = return_argmax ? argmax.mutable_data() : nullptr;
     py::gil_scoped_release release;  // only raw pointers from here on
-    return lowp_kernels().get<I>(table.format).bags(table_ptr, table.num_rows, table.dim, ids_ptr, offsets.data(),
-                                                    num_bags, weights_ptr, mode, out_ptr, argmax_ptr, zeros.row(),
-                                                    &num_invalid);
+    return lowp_kernels().get<I>(table.format).bags(table_ptr, table.num_rows, table.dim, ids_ptr, bags.offsets.data(),
+                                                    bags.num_bags, weights_ptr, bags.mode, out_ptr, bags.argmax_data,
+                                                    zeros.row(), &num_invalid);
   });
-  if (bad >= 0) throw_bad_id(ids, bad, table.num_rows);
-  return lookup_result(out, return_argmax ? py::object(argmax) : py::none(), zero_invalid, num_invalid);
+  if (bad >= 0) throw_bad_id(bags.ids.array, bad, table.num_rows);
+  return lookup_result(out, bags.argmax, zero_invalid, num_invalid);
 }
 
 py::array to_bfloat16(const py::handle& src_obj, const py::handle& out_obj) {

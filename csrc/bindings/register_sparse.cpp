@@ -23,19 +23,6 @@ using Shape = std::vector<py::ssize_t>;
 
 Shape shape_of(const py::array& a) { return Shape(a.shape(), a.shape() + a.ndim()); }
 
-struct Ids {
-  py::array array;  // C-contiguous
-  IndexKind kind;
-  std::int64_t n;
-};
-
-Ids check_ids(const py::handle& obj) {
-  const py::array ids = require_array(obj, "ids");
-  const IndexKind kind = require_index(ids, "ids");
-  const py::array flat = c_contiguous(ids);
-  return Ids{flat, kind, static_cast<std::int64_t>(flat.size())};
-}
-
 // values (or grads) must have shape ids.shape + (dim,); returns dim.
 std::int64_t check_values_shape(const py::array& values, const Ids& ids, const char* name, std::int64_t dim = -1) {
   Shape expected = shape_of(ids.array);

@@ -163,6 +163,39 @@ PoolMode parse_mode(const std::string& mode) {
   throw py::value_error("mode must be 'sum', 'mean' or 'max', got '" + mode + "'");
 }
 
+py::array prepare_output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape) {
+  if (out.is_none()) return aligned_empty(dtype, shape);
+  py::array given = require_array(out, "out");
+  require_output(given, dtype, shape, "out");
+  return given;
+}
+
+Ids check_ids(const py::handle& obj) {
+  const py::array ids = require_array(obj, "ids");
+  const IndexKind kind = require_index(ids, "ids");
+  const py::array flat = c_contiguous(ids);
+  return Ids{flat, kind, static_cast<std::int64_t>(flat.size())};
+}
+
+LookupBags check_lookup_bags(const py::handle& ids_obj, const py::object& offsets_obj, const std::string& mode_name,
+                             const py::object& weights_obj, const py::dtype& weight_dtype,
+                             const std::string& dtype_owner, bool return_argmax, std::int64_t dim) {
+  LookupBags bags;
+  bags.mode = parse_mode(mode_name);
+  bags.ids = check_ids(ids_obj);
+  bags.offsets = bag_offsets(bags.ids.array, offsets_obj);
+  bags.num_bags = static_cast<std::int64_t>(bags.offsets.size()) - 1;
+  bags.has_weights = check_bag_weights(weights_obj, bags.mode, weight_dtype, dtype_owner, bags.ids.array, &bags.weights);
+  if (return_argmax && bags.mode != PoolMode::max) throw py::value_error("return_argmax=True requires mode='max'");
+  bags.argmax = py::none();
+  if (return_argmax) {
+    py::array_t<std::int64_t> argmax(std::vector<py::ssize_t>{bags.num_bags, dim});
+    bags.argmax_data = argmax.mutable_data();
+    bags.argmax = argmax;
+  }
+  return bags;
+}
+
 bool parse_bounds(const std::string& bounds) {
   if (bounds == "raise") return false;
   if (bounds == "zero") return true;

@@ -49,6 +49,18 @@ void require_output(const py::array& out, const py::dtype& dtype, const std::vec
 // buffer), so that kernels can use aligned, non-temporal stores.
 py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& shape);
 
+// A kernel's output: a new aligned array when `out` is None, else the caller's array, checked as
+// require_output does.
+py::array prepare_output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape);
+
+// Ids of any shape: an integer array (TypeError otherwise), made C-contiguous.
+struct Ids {
+  py::array array;  // C-contiguous
+  IndexKind kind;
+  std::int64_t n;
+};
+Ids check_ids(const py::handle& obj);
+
 // CSR offsets of num_bags + 1 entries: integer, 1-D, starting at 0, non-decreasing, ending at
 // num_ids. Returned as int64.
 std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids);
@@ -73,6 +85,23 @@ class ZeroRow {
  private:
   std::vector<std::uint64_t> words_;
 };
+
+// The arguments of a pooled lookup after its table, checked in this order: mode, ids, offsets (or
+// 2-D ids), weights (of `weight_dtype`; `dtype_owner` names it in the TypeError), and
+// return_argmax (mode="max" only); argmax is allocated (num_bags x dim) when asked for.
+struct LookupBags {
+  PoolMode mode;
+  Ids ids;
+  std::vector<std::int64_t> offsets;
+  std::int64_t num_bags;
+  py::array weights;  // valid when has_weights
+  bool has_weights;
+  py::object argmax;                  // None unless return_argmax
+  std::int64_t* argmax_data = nullptr;  // its data, or nullptr
+};
+LookupBags check_lookup_bags(const py::handle& ids_obj, const py::object& offsets_obj, const std::string& mode_name,
+                             const py::object& weights_obj, const py::dtype& weight_dtype,
+                             const std::string& dtype_owner, bool return_argmax, std::int64_t dim);
 
 // What a lookup returns: `out` alone, or a tuple of out, then argmax (if not None), then the number
 // of invalid ids (with bounds="zero").
