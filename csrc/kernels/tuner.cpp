@@ -1,6 +1,5 @@
 #include "kernels/tuner.hpp"
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -58,8 +57,13 @@ Entry* find(std::uint64_t key, bool create) {
 double median_recent(const Entry& e, int arm) {
   const int n = static_cast<int>(e.count[arm] < kKeep ? e.count[arm] : kKeep);
   double v[kKeep];
-  std::copy(e.recent[arm], e.recent[arm] + n, v);
-  std::sort(v, v + n);
+  for (int i = 0; i < n; ++i) v[i] = e.recent[arm][i];
+  for (int i = 1; i < n; ++i)
+    for (int j = i; j > 0 && v[j - 1] > v[j]; --j) {
+      const double t = v[j];
+      v[j] = v[j - 1];
+      v[j - 1] = t;
+    }
   return v[n / 2];
 }
 
