@@ -54,6 +54,7 @@ Entry* find(std::uint64_t key, bool create) {
   return nullptr;
 }
 
+// (An insertion sort: std::sort on this 3-element array trips a false -Warray-bounds in GCC 12.)
 double median_recent(const Entry& e, int arm) {
   const int n = static_cast<int>(e.count[arm] < kKeep ? e.count[arm] : kKeep);
   double v[kKeep];
