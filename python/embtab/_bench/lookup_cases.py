@@ -9,7 +9,7 @@ import numpy as np
 import embtab
 from embtab._arrays import aligned_empty
 
-from .common import Case, Config, assert_close, assert_equal, optional_import
+from .common import Case, Config, assert_close, assert_equal, draw_id_batches, optional_import
 
 
 def cases(config: Config) -> List[Case]:
@@ -18,23 +18,21 @@ def cases(config: Config) -> List[Case]:
     table = aligned_empty((config.num_rows, config.dim), np.float32)
     table[...] = rng.standard_normal((config.num_rows, config.dim), dtype=np.float32)
     row_bytes = config.dim * table.itemsize
-    ids = rng.integers(0, config.num_rows, config.gather_ids, dtype=np.int64)
-    bag_ids = rng.integers(0, config.num_rows, (config.num_bags, config.bag_len), dtype=np.int64)
-    flat = bag_ids.ravel()
-    starts = np.arange(0, flat.size, config.bag_len)
-    weights = rng.random(bag_ids.shape, dtype=np.float32)
     torch = optional_import("torch")
+    b = draw_id_batches(config, rng, torch)  # each call reads the next batch's ids
+    n_ids, n_flat = b.ids.size, b.flat.size
+    starts = np.arange(0, n_flat, config.bag_len)
 
-    gather_out = np.empty((ids.size, config.dim), np.float32)
-    gather_sizes = f"{config.num_rows:,}x{config.dim} f32, {ids.size:,} ids"
-    gather_bytes = ids.size * (2 * row_bytes + ids.itemsize)
+    gather_out = np.empty((n_ids, config.dim), np.float32)
+    gather_sizes = f"{config.num_rows:,}x{config.dim} f32, {n_ids:,} ids"
+    gather_bytes = n_ids * (2 * row_bytes + 8)
     out: List[Case] = [
         # Both allocate their output (and pay for the fresh pages), as a user's call does.
         Case(
             name="gather",
             sizes=gather_sizes,
-            run=lambda: embtab.gather(table, ids),
-            baseline=lambda: np.take(table, ids, axis=0),
+            run=lambda: embtab.gather(table, b.ids),
+            baseline=lambda: np.take(table, b.ids, axis=0),
             baseline_name="np.take",
             check=assert_equal,
             bytes_moved=gather_bytes,
@@ -43,21 +41,21 @@ def cases(config: Config) -> List[Case]:
         Case(
             name="gather_out",
             sizes=gather_sizes,
-            run=lambda: embtab.gather(table, ids, out=gather_out),
-            baseline=lambda: np.take(table, ids, axis=0, out=gather_out),
+            run=lambda: embtab.gather(table, b.ids, out=gather_out),
+            baseline=lambda: np.take(table, b.ids, axis=0, out=gather_out),
             baseline_name="np.take(out=)",
             check=assert_equal,
             bytes_moved=gather_bytes,
         ),
     ]
-    bag_bytes = flat.size * (row_bytes + flat.itemsize) + config.num_bags * row_bytes
+    bag_bytes = n_flat * (row_bytes + 8) + config.num_bags * row_bytes
     sizes = f"{config.num_bags:,} bags x {config.bag_len}"
 
-    def reduceat(ufunc: Any, scale: float = 1.0, w: Any = None) -> Any:
+    def reduceat(ufunc: Any, scale: float = 1.0, w: bool = False) -> Any:
         def fn() -> Any:
-            rows = np.take(table, flat, axis=0)
-            if w is not None:
-                rows *= w.reshape(-1, 1)
+            rows = np.take(table, b.flat, axis=0)
+            if w:
+                rows *= b.weights.reshape(-1, 1)
             res = ufunc.reduceat(rows, starts, axis=0)
             return res / scale if scale != 1.0 else res
 
@@ -67,7 +65,7 @@ def cases(config: Config) -> List[Case]:
         case = Case(
             name=f"bags_{mode}",
             sizes=sizes,
-            run=(lambda mode=mode: embtab.gather_bags(table, bag_ids, mode=mode)),
+            run=(lambda mode=mode: embtab.gather_bags(table, b.bag_ids, mode=mode)),
             baseline=reduceat(ufunc, scale),
             baseline_name="np.take+reduceat",
             check=assert_close,
@@ -78,19 +76,16 @@ def cases(config: Config) -> List[Case]:
         Case(
             name="bags_sum_weighted",
             sizes=sizes,
-            run=lambda: embtab.gather_bags(table, bag_ids, weights=weights),
-            baseline=reduceat(np.add, 1.0, weights),
+            run=lambda: embtab.gather_bags(table, b.bag_ids, weights=b.weights),
+            baseline=reduceat(np.add, 1.0, True),
             baseline_name="np.take+reduceat",
             check=assert_close,
-            bytes_moved=bag_bytes + flat.size * weights.itemsize,
+            bytes_moved=bag_bytes + n_flat * 4,
         )
     )
 
     if torch is not None:
         t_table = torch.from_numpy(table)
-        t_ids = torch.from_numpy(ids)
-        t_bags = torch.from_numpy(bag_ids)
-        t_weights = torch.from_numpy(weights)
         F = torch.nn.functional
 
         def peer(fn: Any) -> Any:
@@ -100,13 +95,15 @@ def cases(config: Config) -> List[Case]:
 
             return run
 
-        out[0].peers["torch"] = peer(lambda: F.embedding(t_ids, t_table))
+        out[0].peers["torch"] = peer(lambda: F.embedding(b.t_ids, t_table))
         out[0].peer_checks["torch"] = assert_equal
         for case in out[2:]:
             mode = case.name.split("_")[1]
             if case.name.endswith("weighted"):
-                case.peers["torch"] = peer(lambda: F.embedding_bag(t_bags, t_table, mode="sum", per_sample_weights=t_weights))
+                case.peers["torch"] = peer(lambda: F.embedding_bag(b.t_bag_ids, t_table, mode="sum", per_sample_weights=b.t_weights))
             else:
-                case.peers["torch"] = peer(lambda mode=mode: F.embedding_bag(t_bags, t_table, mode=mode))
+                case.peers["torch"] = peer(lambda mode=mode: F.embedding_bag(b.t_bag_ids, t_table, mode=mode))
             case.peer_checks["torch"] = assert_close
+    for case in out:
+        case.batches = b
     return out

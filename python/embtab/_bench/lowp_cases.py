@@ -14,7 +14,7 @@ import numpy as np
 import embtab
 from embtab._arrays import aligned_empty
 
-from .common import Case, Config, assert_close, assert_equal, optional_import
+from .common import Case, Config, IdBatches, assert_close, assert_equal, draw_id_batches, optional_import
 
 
 def _upcast_rows(table: Any, rows: np.ndarray) -> np.ndarray:
@@ -36,10 +36,10 @@ def cases(config: Config) -> List[Case]:
     table[...] = rng.standard_normal((config.num_rows, config.dim), dtype=np.float32)
     f16 = aligned_empty(table.shape, np.float16)
     f16[...] = table
-    ids = rng.integers(0, config.num_rows, config.gather_ids, dtype=np.int64)
-    bag_ids = rng.integers(0, config.num_rows, (config.num_bags, config.bag_len), dtype=np.int64)
-    flat = bag_ids.ravel()
-    starts = np.arange(0, flat.size, config.bag_len)
+    torch = optional_import("torch")
+    b = draw_id_batches(config, rng, torch)  # each call reads the next batch's ids
+    n_ids, n_flat = b.ids.size, b.flat.size
+    starts = np.arange(0, n_flat, config.bag_len)
     dim = config.dim
 
     tables: Dict[str, Any] = {
@@ -48,62 +48,59 @@ def cases(config: Config) -> List[Case]:
         "int8": embtab.quantize_rows(table),
     }
     stored_row_bytes = {"f16": 2 * dim, "bf16": 2 * dim, "int8": dim + 8}
-    gather_out = np.empty((ids.size, dim), np.float32)
-    f32_gather_out = np.empty((ids.size, dim), np.float32)
+    gather_out = np.empty((n_ids, dim), np.float32)
+    f32_gather_out = np.empty((n_ids, dim), np.float32)
 
     out: List[Case] = []
     for fmt, low in tables.items():
         row_bytes = stored_row_bytes[fmt]
 
         def gather_check(got: Any, _baseline: Any, low: Any = low) -> None:
-            assert_equal(got, _upcast_rows(low, ids))
+            assert_equal(got, _upcast_rows(low, b.ids))
 
         def bags_check(got: Any, _baseline: Any, low: Any = low) -> None:
-            assert_close(got, np.add.reduceat(_upcast_rows(low, flat), starts, axis=0), rtol=1e-5, atol=1e-5)
+            assert_close(got, np.add.reduceat(_upcast_rows(low, b.flat), starts, axis=0), rtol=1e-5, atol=1e-5)
 
         out.append(
             Case(
                 name=f"gather_{fmt}",
-                sizes=f"{config.num_rows:,}x{dim} {fmt}, {ids.size:,} ids, out=",
-                run=(lambda low=low: embtab.gather(low, ids, out=gather_out)),
-                baseline=lambda: embtab.gather(table, ids, out=f32_gather_out),
+                sizes=f"{config.num_rows:,}x{dim} {fmt}, {n_ids:,} ids, out=",
+                run=(lambda low=low: embtab.gather(low, b.ids, out=gather_out)),
+                baseline=lambda: embtab.gather(table, b.ids, out=f32_gather_out),
                 baseline_name="embtab f32",
                 baseline_threaded=True,
                 check=gather_check,
                 # rows read, float32 rows written, ids read
-                bytes_moved=ids.size * (row_bytes + 4 * dim + ids.itemsize),
+                bytes_moved=n_ids * (row_bytes + 4 * dim + 8),
             )
         )
         out.append(
             Case(
                 name=f"bags_sum_{fmt}",
                 sizes=f"{config.num_bags:,} bags x {config.bag_len}, {fmt}",
-                run=(lambda low=low: embtab.gather_bags(low, bag_ids)),
-                baseline=lambda: embtab.gather_bags(table, bag_ids),
+                run=(lambda low=low: embtab.gather_bags(low, b.bag_ids)),
+                baseline=lambda: embtab.gather_bags(table, b.bag_ids),
                 baseline_name="embtab f32",
                 baseline_threaded=True,
                 check=bags_check,
-                bytes_moved=flat.size * (row_bytes + flat.itemsize) + config.num_bags * 4 * dim,
+                bytes_moved=n_flat * (row_bytes + 8) + config.num_bags * 4 * dim,
             )
         )
 
-    torch = optional_import("torch")
     if torch is not None:
-        _add_torch_peers(torch, out, tables, ids, bag_ids)
+        _add_torch_peers(torch, out, tables, b)
+    for case in out:
+        case.batches = b
     return out
 
 
-def _add_torch_peers(torch: Any, out: List[Case], tables: Dict[str, Any], ids: np.ndarray,
-                     bag_ids: np.ndarray) -> None:
+def _add_torch_peers(torch: Any, out: List[Case], tables: Dict[str, Any], b: IdBatches) -> None:
     """torch on the same stored values: embedding / embedding_bag on a float16 or bfloat16 tensor
     (which return that dtype), and FBGEMM's fused 8-bit kernel on the same packed rows (it has no
     8-bit gather; bags of one id stand in for it)."""
     F = torch.nn.functional
-    t_ids = torch.from_numpy(ids)
-    t_bags = torch.from_numpy(bag_ids)
-    t_flat = torch.from_numpy(bag_ids.ravel())
-    t_starts = torch.arange(0, bag_ids.size, bag_ids.shape[1])
-    t_singles = torch.arange(0, ids.size)
+    t_starts = torch.arange(0, b.bag_ids.size, b.bag_ids.shape[1])
+    t_singles = torch.arange(0, b.ids.size)
     t_tables = {
         "f16": torch.from_numpy(tables["f16"]),
         "bf16": torch.from_numpy(tables["bf16"].data.view(np.int16)).view(torch.bfloat16),
@@ -130,17 +127,17 @@ def _add_torch_peers(torch: Any, out: List[Case], tables: Dict[str, Any], ids: n
             t_table = t_tables[fmt]
             tol = 2.0**-10 if fmt == "f16" else 2.0**-7
             if kind == "gather":
-                case.peers["torch"] = peer(lambda t_table=t_table: F.embedding(t_ids, t_table))
+                case.peers["torch"] = peer(lambda t_table=t_table: F.embedding(b.t_ids, t_table))
                 case.peer_checks["torch"] = close_to(0.0)
             else:
-                case.peers["torch"] = peer(lambda t_table=t_table: F.embedding_bag(t_bags, t_table, mode="sum"))
+                case.peers["torch"] = peer(lambda t_table=t_table: F.embedding_bag(b.t_bag_ids, t_table, mode="sum"))
                 case.peer_checks["torch"] = close_to(tol)
         elif fmt == "int8" and byte_bag is not None:
             packed = torch.from_numpy(tables["int8"].packed)
             if kind == "gather":
                 case.peers["torch"] = peer(
-                    lambda packed=packed: byte_bag(packed, t_ids, t_singles, False, 0, False, None, None, False))
+                    lambda packed=packed: byte_bag(packed, b.t_ids, t_singles, False, 0, False, None, None, False))
             else:
                 case.peers["torch"] = peer(
-                    lambda packed=packed: byte_bag(packed, t_flat, t_starts, False, 0, False, None, None, False))
+                    lambda packed=packed: byte_bag(packed, b.t_flat, t_starts, False, 0, False, None, None, False))
             case.peer_checks["torch"] = close_to(1e-5)

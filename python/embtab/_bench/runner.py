@@ -76,21 +76,23 @@ THREADED_PEERS = frozenset({"torch"})
 WARMUP_CALLS = 4
 
 
-def measure_interleaved(fns: Dict[str, Any], repeats: int, warmup: int = WARMUP_CALLS) -> Dict[str, List[float]]:
+def measure_interleaved(fns: Dict[str, Any], repeats: int, warmup: int = WARMUP_CALLS,
+                        before: Optional[Any] = None) -> Dict[str, List[float]]:
     """Times each function `repeats` times after `warmup` untimed calls (the steady state: buffers
     allocated, embtab's prefetch tuner settled), in rounds (one call of each per round), so that a
     change in the machine's speed during the run (a noisy neighbour on a VM, a frequency step)
     weighs on every implementation alike instead of on whichever ran then. Functions that take over
-    a second a call get one warm-up call and stop after 3 repeats, to keep the run short."""
+    a second a call get one warm-up call and stop after 3 repeats, to keep the run short. `before`,
+    if given, runs untimed before every call (a case's ``batches.advance``)."""
     times: Dict[str, List[float]] = {}
     for key, fn in fns.items():
-        first = time_call(fn, 1, warmup=0)[0]  # the first warm-up call, timed to see if fn is slow
-        times[key] = time_call(fn, 1, warmup=max(0, warmup - 1) if first <= 1.0 else 0)
+        first = time_call(fn, 1, warmup=0, before=before)[0]  # the first warm-up call, timed to see if fn is slow
+        times[key] = time_call(fn, 1, warmup=max(0, warmup - 1) if first <= 1.0 else 0, before=before)
     for r in range(1, repeats):
         for key, fn in fns.items():
             if times[key][0] > 1.0 and r >= 3:
                 continue
-            times[key] += time_call(fn, 1, warmup=0)
+            times[key] += time_call(fn, 1, warmup=0, before=before)
     return times
 
 
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
           + (f" | torch {torch.__version__}" if torch is not None else " | torch not installed"))
     print(f"memory-copy bandwidth (np.copyto, 1 thread, read+write): {bandwidth:.1f} GB/s; "
           f"times are medians of {repeats} repeats after {WARMUP_CALLS} warm-up calls, in ms; embtab, its baseline and torch "
-          f"are timed in alternation, torch on as many threads as embtab")
+          f"are timed in alternation, torch on as many threads as embtab; each lookup call reads the next of "
+          f"{config.id_batches} batches of random ids")
     print()
 
     rows: List[Dict[str, Any]] = []
@@ -167,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
             if unknown:
                 raise RuntimeError(f"case {case.name} has peers without a column: {sorted(unknown)}")
             reps = case.repeats or repeats
+            if case.batches is not None:
+                case.batches.select(0)  # every check compares results on the same batch
             base_res = case.baseline() if case.baseline is not None else None
             if case.check is not None and case.baseline is not None:
                 case.check(case.run(), base_res)
@@ -187,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                 for name, fn in case.peers.items():
                     if name in THREADED_PEERS or i == 0:
                         fns["peer:" + name] = fn
-                measured = measure_interleaved(fns, reps)
+                measured = measure_interleaved(fns, reps, before=case.batches.advance if case.batches else None)
                 if i == 0:
                     once = measured
                 embtab_times[threads] = measured["embtab"]
