@@ -277,14 +277,6 @@ def test_bounds_zero_with_valid_ids_counts_nothing():
         embtab.gather(table, np.array([0]), bounds="clip")
 
 
-@pytest.fixture
-def prefetch_policy():
-    """Restores the prefetch policy of pooled lookups after a test that changes it."""
-    previous = embtab._core.get_prefetch_policy()
-    yield
-    embtab._core.set_prefetch_policy(previous)
-
-
 @pytest.mark.parametrize("dim", [16, 37, 128, 256])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bags_same_bits_with_either_prefetch(each_path_and_threads, prefetch_policy, dim, dtype):

@@ -68,8 +68,9 @@ void register_runtime(py::module_& m) {
     tune_counts(TuneSite::bags_prefetch, bags_tune_detail(row_bytes, chunks, kind), counts);
     return py::make_tuple(counts[0], counts[1]);
   }, py::arg("row_bytes"), py::arg("chunks"), py::arg("kind") = 0,
-     "Calls of multi-threaded bags (kind 0 sum / mean, 1 weighted, 2 max, 3 max with argmax) over rows of "
-     "row_bytes in `chunks` chunks timed so far with whole-row and lead-line prefetching (for tests).");
+     "Calls of multi-threaded bags (kind 0 sum / mean, 1 weighted, 2 max, 3 max with argmax; plus 4 for "
+     "float16 / bfloat16 tables, plus 8 for 8-bit ones) over rows of row_bytes in `chunks` chunks timed so "
+     "far with whole-row and lead-line prefetching (for tests).");
 }
 
 }  // namespace bind

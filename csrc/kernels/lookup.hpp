@@ -19,9 +19,13 @@ namespace embtab {
 
 enum class PoolMode : int { sum = 0, mean = 1, max = 2 };
 
+// Bags read at least this many bytes of rows before the prefetch tuner times them (smaller calls
+// are not bound by memory, and too short to time).
+constexpr std::int64_t kTuneMinBytes = std::int64_t(4) << 20;
+
 // What the prefetch tuner keys multi-threaded bag calls by: calls that differ in any of these take
 // different times per row, so they are timed apart. `kind`: 0 sum / mean, 1 weighted, 2 max, 3 max
-// with argmax.
+// with argmax, on float32 / float64 rows; plus 4 on float16 / bfloat16 rows, plus 8 on 8-bit rows.
 inline std::uint64_t bags_tune_detail(std::int64_t row_bytes, std::int64_t chunks, int kind) {
   return static_cast<std::uint64_t>(row_bytes) << 24 | static_cast<std::uint64_t>(chunks) << 4 |
          static_cast<std::uint64_t>(kind);

@@ -256,10 +256,6 @@ void bags_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, const int64_t
 #endif
 }
 
-// Bags read at least this many bytes of rows before the tuner times them (smaller calls are not
-// bound by memory, and too short to time).
-constexpr int64_t kTuneMinBytes = int64_t(4) << 20;
-
 template <PoolMode M, bool Weighted, bool Arg, class T, class I>
 int64_t bags_mode(const Rows<T>& table_rows, const I* ids, const int64_t* offsets, int64_t num_bags,
                   const T* weights, T* out, int64_t* argmax) {

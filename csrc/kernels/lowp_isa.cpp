@@ -15,6 +15,7 @@
 
 #include "kernels/lowp.hpp"
 #include "kernels/parallel.hpp"
+#include "kernels/tuner.hpp"
 
 namespace embtab {
 namespace EMBTAB_ISA_NS {
@@ -268,6 +269,21 @@ EMBTAB_INLINE int64_t prefetch_distance(int64_t row_bytes) {
   return max_of<int64_t>(2, min_of<int64_t>(32, 8192 / max_of<int64_t>(row_bytes, 1)));
 }
 
+// What the bag loops prefetch: the row `rows` positions ahead, its first `bytes` bytes. Whole rows
+// by default; multi-threaded bags may run lead lines instead (chosen by the tuner, see bags_mode).
+struct Ahead {
+  int64_t rows, bytes;
+
+  static Ahead whole(int64_t row_bytes) { return {prefetch_distance(row_bytes), row_bytes}; }
+  // The first half of a row's cache lines (at least one), 16 rows ahead, the rest left to the
+  // hardware prefetcher. On a 2-vCPU VM in the state where two threads' prefetches compete, 8-bit
+  // (1 of 3 lines) and float16 (2 of 4) sum bags on 2 threads took 1.5-1.7 ms instead of 1.6-2.6.
+  static Ahead lead(int64_t row_bytes) {
+    const int64_t lines = (row_bytes + kCacheLine - 1) / kCacheLine;
+    return {16, max_of<int64_t>(1, lines / 2) * kCacheLine};
+  }
+};
+
 // Every cache line that [p, p + bytes) touches. Rows of dim + 8 bytes rarely start on a line.
 EMBTAB_INLINE void prefetch_span(const void* p, int64_t bytes) {
   const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(p);
@@ -276,13 +292,14 @@ EMBTAB_INLINE void prefetch_span(const void* p, int64_t bytes) {
     __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
 }
 
+// Prefetches the first `span` bytes of the row of ids[pos] (rows of `row_bytes`), if there is one.
 template <class I>
 EMBTAB_INLINE void prefetch_id(const I* ids, int64_t pos, int64_t end, const void* table, int64_t num_rows,
-                               int64_t row_bytes) {
+                               int64_t row_bytes, int64_t span) {
   if (pos < end) {
     const I ahead = ids[pos];
     if (id_in_range(ahead, num_rows))
-      prefetch_span(static_cast<const char*>(table) + static_cast<int64_t>(ahead) * row_bytes, row_bytes);
+      prefetch_span(static_cast<const char*>(table) + static_cast<int64_t>(ahead) * row_bytes, span);
   }
 }
 
@@ -318,7 +335,7 @@ void gather_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, int64_t
   const int64_t row_bytes = R::bytes(dim);
   const int64_t ahead = prefetch_distance(row_bytes);
   for (int64_t i = begin; i < end; ++i) {
-    prefetch_id(ids, i + ahead, end, rows.table, rows.num_rows, row_bytes);
+    prefetch_id(ids, i + ahead, end, rows.table, rows.num_rows, row_bytes, row_bytes);
     R row;
     if (!rows.get(ids[i], i, row)) return;
     put_row<D>(out + i * dim, row, dim);
@@ -357,14 +374,14 @@ constexpr int64_t kBlockVectors = 8;
 // results. Returns false after recording a bad id.
 template <int D, PoolMode M, bool Weighted, class R, class I>
 EMBTAB_INLINE bool pool_bag_in_registers(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, int64_t s, int64_t e,
-                                         int64_t ids_end, int64_t ahead, int64_t row_bytes,
+                                         int64_t ids_end, Ahead ahead, int64_t row_bytes,
                                          const float* EMBTAB_RESTRICT weights, float* EMBTAB_RESTRICT o) {
   constexpr int64_t kVectors = D / kW;
   constexpr int64_t kBlock = kVectors < kBlockVectors ? kVectors : kBlockVectors;
   static_assert(kVectors % kBlock == 0, "row length must split into whole blocks");
   // Row i (prefetching ahead and counting an invalid id on the first pass), or false to stop.
   auto fetch = [&](int64_t i, int64_t c0, R& row) -> bool {
-    if (c0 == 0) prefetch_id(ids, i + ahead, ids_end, rows.table, rows.num_rows, row_bytes);
+    if (c0 == 0) prefetch_id(ids, i + ahead.rows, ids_end, rows.table, rows.num_rows, row_bytes, ahead.bytes);
     return rows.get(ids[i], i, row, c0 == 0);
   };
   // Row i's vectors [c0, c0 + kBlock), times its weight.
@@ -413,10 +430,9 @@ EMBTAB_INLINE bool pool_bag_in_registers(const LowpRows<R>& rows, const I* EMBTA
 template <int D, PoolMode M, bool Weighted, bool Arg, class R, class I>
 void bags_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, const int64_t* offsets, int64_t bag_begin,
                 int64_t bag_end, const float* EMBTAB_RESTRICT weights, float* EMBTAB_RESTRICT out,
-                int64_t* EMBTAB_RESTRICT argmax) {
+                int64_t* EMBTAB_RESTRICT argmax, Ahead ahead) {
   const int64_t dim = rows.dim;
   const int64_t row_bytes = R::bytes(dim);
-  const int64_t ahead = prefetch_distance(row_bytes);
   const int64_t ids_end = offsets[bag_end];
   for (int64_t b = bag_begin; b < bag_end; ++b) {
     const int64_t s = offsets[b], e = offsets[b + 1];
@@ -434,7 +450,7 @@ void bags_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, const int
       continue;
     }
     for (int64_t i = s; i < e; ++i) {
-      prefetch_id(ids, i + ahead, ids_end, rows.table, rows.num_rows, row_bytes);
+      prefetch_id(ids, i + ahead.rows, ids_end, rows.table, rows.num_rows, row_bytes, ahead.bytes);
       const I id = ids[i];
       R row;
       if (!rows.get(id, i, row)) return;
@@ -477,14 +493,23 @@ int64_t bags_mode(const LowpRows<R>& rows, const I* ids, const int64_t* offsets,
   // Split bags between threads by (ids read + bags written), so that long bags balance.
   const int64_t work = (total + num_bags) * max_of<int64_t>(dim, 1);
   const int64_t chunks = min_of<int64_t>(get_num_threads(), max_of<int64_t>(1, work / 65536));
+  // Whole rows or lead lines ahead, chosen by timing as for float32 bags (lookup_isa.cpp), timed
+  // apart from them: the kind says the row format.
+  const int64_t row_bytes = R::bytes(dim);
+  const bool eligible = chunks >= 2 && total * row_bytes >= kTuneMinBytes;
+  const int kind = (M == PoolMode::max ? (Arg ? 3 : 2) : (Weighted ? 1 : 0)) + (R::kFusedSum ? 8 : 4);
+  const TuneTicket ticket = tune_begin(TuneSite::bags_prefetch, bags_tune_detail(row_bytes, chunks, kind), eligible);
+  const Ahead ahead = ticket.arm == 1 ? Ahead::lead(row_bytes) : Ahead::whole(row_bytes);
   parallel_for(static_cast<std::size_t>(chunks), 1, [&](std::size_t c0, std::size_t c1) {
     for (std::size_t c = c0; c < c1; ++c) {
       const int64_t b0 = bag_chunk_begin(offsets, num_bags, int64_t(c), chunks);
       const int64_t b1 = bag_chunk_begin(offsets, num_bags, int64_t(c) + 1, chunks);
       if (b0 < b1)
-        EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(rows, ids, offsets, b0, b1, weights, out, argmax));
+        EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(rows, ids, offsets, b0, b1, weights, out, argmax,
+                                                                 ahead));
     }
   });
+  tune_end(ticket, static_cast<double>(total));
   return *rows.invalid.first_bad;
 }
 
