@@ -279,19 +279,19 @@ def test_prefetch_tuner_times_reduced_precision_bags_apart(prefetch_policy):
     embtab._core.set_prefetch_policy("auto")
     rng = np.random.default_rng(12)
     base = rng.standard_normal((20_000, 128)).astype(np.float32)
-    ids = rng.integers(0, 20_000, (1600, 20))  # 32,000 rows of 136 bytes (8-bit): 4.4 MB, above 4 MB
+    ids = rng.integers(0, 20_000, (1700, 20))  # 34,000 rows of 128 codes (8-bit): 4.35 MB, above 4 MiB
     before = embtab.get_num_threads()
     try:
         embtab.set_num_threads(2)
         # kind 8: 8-bit sums; kind 4: float16 sums (rows of 256 bytes, as float32 rows of dim 64).
-        start = {k: sum(embtab._core.bags_prefetch_counts(b, 2, k)) for b, k in ((136, 8), (256, 4), (256, 0))}
+        start = {k: sum(embtab._core.bags_prefetch_counts(b, 2, k)) for b, k in ((128, 8), (256, 4), (256, 0))}
         for _ in range(3):
             embtab.gather_bags(embtab.quantize_rows(base), ids)
         embtab.gather_bags(base.astype(np.float16), ids)
-        got = {k: sum(embtab._core.bags_prefetch_counts(b, 2, k)) - start[k] for b, k in ((136, 8), (256, 4), (256, 0))}
+        got = {k: sum(embtab._core.bags_prefetch_counts(b, 2, k)) - start[k] for b, k in ((128, 8), (256, 4), (256, 0))}
         assert got == {8: 3, 4: 1, 0: 0}
         embtab.gather_bags(embtab.quantize_rows(base), ids[:100])  # 0.3 MB of rows: not timed
-        assert sum(embtab._core.bags_prefetch_counts(136, 2, 8)) - start[8] == 3
+        assert sum(embtab._core.bags_prefetch_counts(128, 2, 8)) - start[8] == 3
     finally:
         embtab.set_num_threads(before)
 
@@ -365,7 +365,8 @@ def test_read_only_and_non_contiguous_inputs():
     ids.flags.writeable = False
     np.testing.assert_array_equal(embtab.gather(view, ids), view.astype(np.float32)[ids])
     q = embtab.quantize_rows(rng.standard_normal((20, 8)))
-    q.packed.flags.writeable = False
+    q.data.flags.writeable = False
+    q.params.flags.writeable = False
     np.testing.assert_array_equal(embtab.gather(q, ids), q.dequantize()[ids])
     weights = np.ones(40, np.float32)[::4]
     np.testing.assert_array_equal(
@@ -558,9 +559,15 @@ def test_quantized_table_from_parts_and_packed():
     q = embtab.quantize_rows(rng.standard_normal((12, 5)).astype(np.float32))
     rebuilt = embtab.QuantizedTable(q.data, q.scale, q.bias)
     np.testing.assert_array_equal(rebuilt.packed, q.packed)
-    wrapped = embtab.QuantizedTable.from_packed(q.packed)
-    assert wrapped.packed is q.packed
+    # The fused layout: codes, then scale and bias as float32 bytes; from_packed reads it back.
+    packed = q.packed
+    assert packed.shape == (12, 5 + 8)
+    np.testing.assert_array_equal(packed[:, :5], q.data)
+    np.testing.assert_array_equal(np.ascontiguousarray(packed[:, 5:]).view(np.float32), np.stack([q.scale, q.bias], 1))
+    wrapped = embtab.QuantizedTable.from_packed(packed)
+    packed[:] = 0  # a copy: the table does not change
     np.testing.assert_array_equal(embtab.gather(wrapped, [3, 1]), q.dequantize()[[3, 1]])
+    assert wrapped.data.ctypes.data % 128 == 0 and wrapped.params.shape == (12, 2)
     with pytest.raises(TypeError):
         embtab.QuantizedTable(q.data.astype(np.int16), q.scale, q.bias)
     with pytest.raises(ValueError, match="scale"):
@@ -569,6 +576,18 @@ def test_quantized_table_from_parts_and_packed():
         embtab.QuantizedTable(q.data, q.scale, np.zeros(12, np.int32))
     with pytest.raises(ValueError, match="dim \\+ 8"):
         embtab.QuantizedTable.from_packed(np.zeros((3, 7), np.uint8))
+    # The compiled layer takes an 8-bit table as the pair (codes, params) and checks both.
+    ids = np.array([0, 2])
+    with pytest.raises(TypeError, match="pair"):
+        embtab._core.lowp_gather(q.data, ids, None, "int8")
+    with pytest.raises(TypeError, match="float32"):
+        embtab._core.lowp_gather((q.data, q.params.astype(np.float64)), ids, None, "int8")
+    with pytest.raises(TypeError, match="uint8"):
+        embtab._core.lowp_gather((q.data.view(np.int8), q.params), ids, None, "int8")
+    with pytest.raises(ValueError, match="shape"):
+        embtab._core.lowp_gather((q.data, q.params[:5]), ids, None, "int8")
+    with pytest.raises(ValueError, match="codes"):
+        embtab._core.quantize_rows_8bit(np.zeros((12, 5), np.float32), np.empty((12, 4), np.uint8), q.params.copy())
     with pytest.raises(TypeError):
         embtab.QuantizedTable.from_packed(np.zeros((3, 9), np.int8))
 

@@ -145,6 +145,14 @@ EMBTAB_INLINE VF v_from_bf16(const uint16_t* p) { return bf16_to_float(*p); }
 EMBTAB_INLINE VF v_from_u8(const uint8_t* p) { return static_cast<float>(*p); }
 #endif
 
+// Every cache line that [p, p + bytes) touches (rows need not start on a line).
+EMBTAB_INLINE void prefetch_span(const void* p, int64_t bytes) {
+  const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(p);
+  const std::uintptr_t end = start + static_cast<std::uintptr_t>(bytes);
+  for (std::uintptr_t line = start & ~static_cast<std::uintptr_t>(kCacheLine - 1); line < end; line += kCacheLine)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
+}
+
 // ---- one stored row, read as float32: vec(j) gives elements [j, j + kW), one(j) element j ----
 
 // A row of 16-bit floats (float16 or bfloat16), widened by Wide (kW values) and WideOne (one).
@@ -156,13 +164,17 @@ struct HalfRow {
   EMBTAB_INLINE static HalfRow at(const void* table, int64_t id, int64_t dim) {
     return HalfRow{static_cast<const uint16_t*>(table) + id * dim};
   }
+  // The first `span` bytes of row id.
+  EMBTAB_INLINE static void prefetch(const void* table, int64_t id, int64_t dim, int64_t span) {
+    prefetch_span(static_cast<const uint16_t*>(table) + id * dim, span);
+  }
   EMBTAB_INLINE VF vec(int64_t j) const { return Wide(p + j); }
   EMBTAB_INLINE float one(int64_t j) const { return WideOne(p[j]); }
 };
 using F16Row = HalfRow<v_from_f16, f16_to_float>;
 using BF16Row = HalfRow<v_from_bf16, bf16_to_float>;
 
-// dim codes, then float32 scale and bias (unaligned when dim % 4 != 0, hence the memcpy loads).
+// dim codes in one array, the row's float32 scale and bias side by side in another (I8Table).
 // Code q reads as fma(q, scale, bias), rounded once. Sums (kFusedSum) add a row into an
 // accumulator as fma(q, scale, acc + bias), from acc = +0, with a weight w folded into scale and
 // bias (w * scale, w * bias): FBGEMM's 8-bit row-wise rule, so the results equal torch's
@@ -172,13 +184,19 @@ struct I8Row {
   float scale, bias;
   VF vscale, vbias;
   static constexpr bool kFusedSum = true;
-  static int64_t bytes(int64_t dim) { return dim + 8; }
+  static int64_t bytes(int64_t dim) { return dim; }  // the codes (scale and bias: see prefetch)
   EMBTAB_INLINE static I8Row make(const uint8_t* q, float scale, float bias) {
     return I8Row{q, scale, bias, v_set1(scale), v_set1(bias)};
   }
   EMBTAB_INLINE static I8Row at(const void* table, int64_t id, int64_t dim) {
-    const uint8_t* row = static_cast<const uint8_t*>(table) + id * (dim + 8);
-    return make(row, load_float(row + dim), load_float(row + dim + 4));
+    const I8Table& t = *static_cast<const I8Table*>(table);
+    return make(t.codes + id * dim, t.params[2 * id], t.params[2 * id + 1]);
+  }
+  // The first `span` bytes of the codes of row id, and its scale and bias.
+  EMBTAB_INLINE static void prefetch(const void* table, int64_t id, int64_t dim, int64_t span) {
+    const I8Table& t = *static_cast<const I8Table*>(table);
+    prefetch_span(t.codes + id * dim, span);
+    __builtin_prefetch(t.params + 2 * id, 0, 3);
   }
   EMBTAB_INLINE I8Row weighted(float w) const { return make(q, w * scale, w * bias); }
   EMBTAB_INLINE VF vec(int64_t j) const { return v_fma(v_from_u8(q + j), vscale, vbias); }
@@ -284,22 +302,13 @@ struct Ahead {
   }
 };
 
-// Every cache line that [p, p + bytes) touches. Rows of dim + 8 bytes rarely start on a line.
-EMBTAB_INLINE void prefetch_span(const void* p, int64_t bytes) {
-  const std::uintptr_t start = reinterpret_cast<std::uintptr_t>(p);
-  const std::uintptr_t end = start + static_cast<std::uintptr_t>(bytes);
-  for (std::uintptr_t line = start & ~static_cast<std::uintptr_t>(kCacheLine - 1); line < end; line += kCacheLine)
-    __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
-}
-
-// Prefetches the first `span` bytes of the row of ids[pos] (rows of `row_bytes`), if there is one.
-template <class I>
+// Prefetches the first `span` bytes of the row of ids[pos] (see R::prefetch), if there is one.
+template <class R, class I>
 EMBTAB_INLINE void prefetch_id(const I* ids, int64_t pos, int64_t end, const void* table, int64_t num_rows,
-                               int64_t row_bytes, int64_t span) {
+                               int64_t dim, int64_t span) {
   if (pos < end) {
     const I ahead = ids[pos];
-    if (id_in_range(ahead, num_rows))
-      prefetch_span(static_cast<const char*>(table) + static_cast<int64_t>(ahead) * row_bytes, span);
+    if (id_in_range(ahead, num_rows)) R::prefetch(table, static_cast<int64_t>(ahead), dim, span);
   }
 }
 
@@ -335,7 +344,7 @@ void gather_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, int64_t
   const int64_t row_bytes = R::bytes(dim);
   const int64_t ahead = prefetch_distance(row_bytes);
   for (int64_t i = begin; i < end; ++i) {
-    prefetch_id(ids, i + ahead, end, rows.table, rows.num_rows, row_bytes, row_bytes);
+    prefetch_id<R>(ids, i + ahead, end, rows.table, rows.num_rows, dim, row_bytes);
     R row;
     if (!rows.get(ids[i], i, row)) return;
     put_row<D>(out + i * dim, row, dim);
@@ -374,14 +383,14 @@ constexpr int64_t kBlockVectors = 8;
 // results. Returns false after recording a bad id.
 template <int D, PoolMode M, bool Weighted, class R, class I>
 EMBTAB_INLINE bool pool_bag_in_registers(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, int64_t s, int64_t e,
-                                         int64_t ids_end, Ahead ahead, int64_t row_bytes,
+                                         int64_t ids_end, Ahead ahead,
                                          const float* EMBTAB_RESTRICT weights, float* EMBTAB_RESTRICT o) {
   constexpr int64_t kVectors = D / kW;
   constexpr int64_t kBlock = kVectors < kBlockVectors ? kVectors : kBlockVectors;
   static_assert(kVectors % kBlock == 0, "row length must split into whole blocks");
   // Row i (prefetching ahead and counting an invalid id on the first pass), or false to stop.
   auto fetch = [&](int64_t i, int64_t c0, R& row) -> bool {
-    if (c0 == 0) prefetch_id(ids, i + ahead.rows, ids_end, rows.table, rows.num_rows, row_bytes, ahead.bytes);
+    if (c0 == 0) prefetch_id<R>(ids, i + ahead.rows, ids_end, rows.table, rows.num_rows, rows.dim, ahead.bytes);
     return rows.get(ids[i], i, row, c0 == 0);
   };
   // Row i's vectors [c0, c0 + kBlock), times its weight.
@@ -432,8 +441,7 @@ void bags_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, const int
                 int64_t bag_end, const float* EMBTAB_RESTRICT weights, float* EMBTAB_RESTRICT out,
                 int64_t* EMBTAB_RESTRICT argmax, Ahead ahead) {
   const int64_t dim = rows.dim;
-  const int64_t row_bytes = R::bytes(dim);
-  const int64_t ids_end = offsets[bag_end];
+    const int64_t ids_end = offsets[bag_end];
   for (int64_t b = bag_begin; b < bag_end; ++b) {
     const int64_t s = offsets[b], e = offsets[b + 1];
     float* EMBTAB_RESTRICT o = out + b * dim;
@@ -445,12 +453,12 @@ void bags_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, const int
       continue;
     }
     if (D > 0 && D % kW == 0 && !Arg) {
-      if (!pool_bag_in_registers<(D > 0 ? D : kW), M, Weighted>(rows, ids, s, e, ids_end, ahead, row_bytes, weights, o))
+      if (!pool_bag_in_registers<(D > 0 ? D : kW), M, Weighted>(rows, ids, s, e, ids_end, ahead, weights, o))
         return;
       continue;
     }
     for (int64_t i = s; i < e; ++i) {
-      prefetch_id(ids, i + ahead.rows, ids_end, rows.table, rows.num_rows, row_bytes, ahead.bytes);
+      prefetch_id<R>(ids, i + ahead.rows, ids_end, rows.table, rows.num_rows, dim, ahead.bytes);
       const I id = ids[i];
       R row;
       if (!rows.get(id, i, row)) return;
@@ -546,14 +554,14 @@ void to_bfloat16(const float* src, int64_t n, uint16_t* dst) {
 // clamped to [0, 255]. A row whose scale rounds to 0 (a constant row) gets all codes 0 and so
 // decodes to exactly its value. Rows with a NaN or an infinity, or whose codes would decode past
 // the float32 range (a range max - min near FLT_MAX), are refused.
-int64_t quantize_rows_8bit(const float* table, int64_t num_rows, int64_t dim, uint8_t* out) {
+int64_t quantize_rows_8bit(const float* table, int64_t num_rows, int64_t dim, uint8_t* codes, float* params) {
   int64_t first_bad = -1;
   if (num_rows <= 0) return -1;
   const std::size_t grain = static_cast<std::size_t>(max_of<int64_t>(1, 16384 / max_of<int64_t>(dim, 1)));
   parallel_for(static_cast<std::size_t>(num_rows), grain, [&](std::size_t b, std::size_t e) {
     for (int64_t r = int64_t(b); r < int64_t(e); ++r) {
       const float* EMBTAB_RESTRICT x = table + r * dim;
-      uint8_t* EMBTAB_RESTRICT o = out + r * (dim + 8);
+      uint8_t* EMBTAB_RESTRICT o = codes + r * dim;
       float lo = dim > 0 ? x[0] : 0.0f, hi = lo;
       bool finite = true;
       for (int64_t j = 0; j < dim; ++j) {
@@ -576,8 +584,8 @@ int64_t quantize_rows_8bit(const float* table, int64_t num_rows, int64_t dim, ui
         t = t < 0.0 ? 0.0 : (t > 255.0 ? 255.0 : t);
         o[j] = static_cast<uint8_t>(__builtin_rint(t));
       }
-      __builtin_memcpy(o + dim, &scale, sizeof scale);
-      __builtin_memcpy(o + dim + 4, &lo, sizeof lo);
+      params[2 * r] = scale;
+      params[2 * r + 1] = lo;
     }
   });
   return first_bad;

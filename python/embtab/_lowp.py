@@ -70,17 +70,19 @@ class QuantizedTable:
     once after the product and the sum). Sums over bags add a row into the accumulator as
     ``fma(q, scale, acc + bias)`` starting from ``acc = 0``, a weight ``w`` folded into the scale and
     bias (``w * scale``, ``w * bias``): FBGEMM's rule, so that ``gather_bags`` on such a table gives
-    bit for bit what torch's ``quantized.embedding_bag_byte_rowwise_offsets`` gives (mode "mean"
-    then divides by the bag length). They equal sums of :meth:`dequantize` rows to float rounding.
+    bit for bit what torch's ``quantized.embedding_bag_byte_rowwise_offsets`` gives on
+    :attr:`packed` (mode "mean" then divides by the bag length). They equal sums of
+    :meth:`dequantize` rows to float rounding.
 
-    The rows are stored packed, ``dim`` codes followed by the 4 bytes of the scale and the 4 bytes
-    of the bias (``packed`` has shape ``(num_rows, dim + 8)``, the layout of FBGEMM's 8-bit
-    row-wise tables, e.g. ``torch.ops.quantized.embedding_bag_byte_prepack``), so that a lookup
-    reads one contiguous span per row (scale and bias in native byte order). ``data`` is a view
-    into it; ``scale`` and ``bias`` are copies.
+    The codes are stored apart from the scales and biases: ``data`` is a ``(num_rows, dim)`` uint8
+    array starting on a 128-byte boundary, ``params`` a ``(num_rows, 2)`` float32 array of (scale,
+    bias) per row. A random row of 128 codes then reads one 128-byte pair of cache lines (FBGEMM's
+    fused rows of ``dim + 8`` bytes span two), and the 8 bytes of scale and bias per row, 8 MB for a
+    million rows, mostly stay in the last-level cache. :attr:`packed` gives the fused layout (a
+    copy) for FBGEMM / torch, and :meth:`from_packed` reads it.
 
-    Build one with :func:`quantize_rows`, from parts with ``QuantizedTable(data, scale, bias)``,
-    or wrap packed rows with :meth:`from_packed`.
+    Build one with :func:`quantize_rows`, from parts with ``QuantizedTable(data, scale, bias)``
+    (copied), or from fused rows with :meth:`from_packed` (copied).
     """
 
     dtype = "int8"
@@ -92,67 +94,70 @@ class QuantizedTable:
             raise TypeError(f"data must have dtype uint8, got {data.dtype}")
         if data.ndim != 2:
             raise ValueError(f"data must be 2-D (num_rows, dim), got shape {data.shape}")
-        num_rows, dim = data.shape
-        packed = np.empty((num_rows, dim + 8), np.uint8)
-        packed[:, :dim] = data
-        for name, values, col in (("scale", scale, dim), ("bias", bias, dim + 4)):
+        num_rows = data.shape[0]
+        self._allocate(num_rows, data.shape[1])
+        for name, values, col in (("scale", scale, 0), ("bias", bias, 1)):
             arr = np.asarray(values)
             if arr.dtype.kind != "f":
                 raise TypeError(f"{name} must be a float array, got dtype {arr.dtype}")
             if arr.shape != (num_rows,):
                 raise ValueError(f"{name} must have shape ({num_rows},), one per row, got {arr.shape}")
-            packed[:, col : col + 4] = arr.astype(np.float32).view(np.uint8).reshape(num_rows, 4)
-        self.packed = packed
+            self.params[:, col] = arr
+        self.data[...] = data
+
+    def _allocate(self, num_rows: int, dim: int) -> None:
+        self.data: NDArray[np.uint8] = aligned_empty((num_rows, dim), np.uint8)
+        self.params: NDArray[np.float32] = aligned_empty((num_rows, 2), np.float32)
 
     @classmethod
     def from_packed(cls, packed: NDArray[np.uint8]) -> "QuantizedTable":
-        """Wrap packed rows of shape ``(num_rows, dim + 8)`` without copying."""
+        """Read fused rows of shape ``(num_rows, dim + 8)`` (``dim`` codes, then the float32 scale
+        and bias in native byte order: FBGEMM's layout, e.g. from
+        ``torch.ops.quantized.embedding_bag_byte_prepack``) into a new table."""
         if not isinstance(packed, np.ndarray) or packed.dtype != np.uint8:
             raise TypeError("packed must be a numpy array of dtype uint8")
         if packed.ndim != 2 or packed.shape[1] < 8:
             raise ValueError(f"packed must be 2-D with dim + 8 >= 8 columns, got shape {packed.shape}")
-        self = cls.__new__(cls)
-        self.packed = packed
-        return self
+        dim = packed.shape[1] - 8
+        params = np.ascontiguousarray(packed[:, dim:]).view(np.float32)
+        return cls(packed[:, :dim], params[:, 0], params[:, 1])
+
+    @property
+    def packed(self) -> NDArray[np.uint8]:
+        """The rows in FBGEMM's fused layout, ``(num_rows, dim + 8)``: codes, scale, bias (a copy)."""
+        num_rows, dim = self.shape
+        out = np.empty((num_rows, dim + 8), np.uint8)
+        out[:, :dim] = self.data
+        out[:, dim:] = self.params.view(np.uint8).reshape(num_rows, 8)
+        return out
 
     @property
     def shape(self) -> Tuple[int, int]:
         """(num_rows, dim) of the table it stands for."""
-        return (int(self.packed.shape[0]), int(self.packed.shape[1]) - 8)
+        return (int(self.data.shape[0]), int(self.data.shape[1]))
 
     @property
     def nbytes(self) -> int:
-        return int(self.packed.nbytes)
-
-    @property
-    def data(self) -> NDArray[np.uint8]:
-        """The codes, a (num_rows, dim) view."""
-        return self.packed[:, : self.shape[1]]
-
-    def _column(self, start: int) -> NDArray[np.float32]:
-        num_rows = self.shape[0]
-        raw = np.ascontiguousarray(self.packed[:, start : start + 4])
-        return raw.view(np.float32).reshape(num_rows)
+        return int(self.data.nbytes + self.params.nbytes)
 
     @property
     def scale(self) -> NDArray[np.float32]:
-        """Per-row float32 scale (a copy)."""
-        return self._column(self.shape[1])
+        """Per-row float32 scale (a view of ``params``)."""
+        return self.params[:, 0]
 
     @property
     def bias(self) -> NDArray[np.float32]:
-        """Per-row float32 bias, the row's minimum (a copy)."""
-        return self._column(self.shape[1] + 4)
+        """Per-row float32 bias, the row's minimum (a view of ``params``)."""
+        return self.params[:, 1]
 
     def dequantize(self) -> NDArray[np.float32]:
         """The float32 table the codes stand for: ``fma(data, scale[:, None], bias[:, None])``,
         rounded once (what :func:`embtab.gather` returns for every row)."""
         num_rows = self.shape[0]
-        return _core.lowp_gather(self.packed, np.arange(num_rows, dtype=np.int64), None, "int8")
+        return _core.lowp_gather((self.data, self.params), np.arange(num_rows, dtype=np.int64), None, "int8")
 
     def __repr__(self) -> str:
         return f"QuantizedTable(shape={self.shape}, bits={self.bits})"
-
 
 
 def to_bfloat16(x: ArrayLike) -> BFloat16Table:
@@ -223,7 +228,10 @@ def quantize_rows(table: ArrayLike, bits: int = 8) -> QuantizedTable:
         raise ValueError(f"table must be 2-D (num_rows, dim), got shape {arr.shape}")
     if arr.dtype != np.float32:
         arr = arr.astype(np.float32)
-    return QuantizedTable.from_packed(_core.quantize_rows_8bit(arr))
+    quantized = QuantizedTable.__new__(QuantizedTable)
+    quantized._allocate(*arr.shape)
+    _core.quantize_rows_8bit(arr, quantized.data, quantized.params)
+    return quantized
 
 
 LowpTable = Union[BFloat16Table, QuantizedTable, NDArray[Any]]
@@ -243,7 +251,7 @@ def _storage(table: Any, dtype: Optional[str]) -> Tuple[Any, str]:
     if isinstance(table, (BFloat16Table, QuantizedTable)):
         if dtype is not None and dtype != table.dtype:
             raise ValueError(f"dtype={dtype!r} does not match a {type(table).__name__} (dtype {table.dtype!r})")
-        return (table.data if isinstance(table, BFloat16Table) else table.packed), table.dtype
+        return (table.data if isinstance(table, BFloat16Table) else (table.data, table.params)), table.dtype
     if not isinstance(table, np.ndarray):
         raise TypeError(f"table must be a numpy array, a BFloat16Table or a QuantizedTable, got {type(table).__name__}")
     if dtype is None:

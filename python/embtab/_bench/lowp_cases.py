@@ -96,8 +96,9 @@ def cases(config: Config) -> List[Case]:
 
 def _add_torch_peers(torch: Any, out: List[Case], tables: Dict[str, Any], b: IdBatches) -> None:
     """torch on the same stored values: embedding / embedding_bag on a float16 or bfloat16 tensor
-    (which return that dtype), and FBGEMM's fused 8-bit kernel on the same packed rows (it has no
-    8-bit gather; bags of one id stand in for it)."""
+    (which return that dtype), and FBGEMM's 8-bit kernel on the same codes, scales and biases in
+    its fused layout (``QuantizedTable.packed``, copied once to a 128-byte boundary; it has no 8-bit
+    gather, so bags of one id stand in for it)."""
     F = torch.nn.functional
     t_starts = torch.arange(0, b.bag_ids.size, b.bag_ids.shape[1])
     t_singles = torch.arange(0, b.ids.size)
@@ -106,6 +107,12 @@ def _add_torch_peers(torch: Any, out: List[Case], tables: Dict[str, Any], b: IdB
         "bf16": torch.from_numpy(tables["bf16"].data.view(np.int16)).view(torch.bfloat16),
     }
     byte_bag = getattr(getattr(torch.ops, "quantized", None), "embedding_bag_byte_rowwise_offsets", None)
+    packed = None
+    if byte_bag is not None:
+        fused = tables["int8"].packed
+        packed = torch.from_numpy(aligned_empty(fused.shape, np.uint8))
+        packed.numpy()[...] = fused
+        del fused
 
     def peer(fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -132,12 +139,9 @@ def _add_torch_peers(torch: Any, out: List[Case], tables: Dict[str, Any], b: IdB
             else:
                 case.peers["torch"] = peer(lambda t_table=t_table: F.embedding_bag(b.t_bag_ids, t_table, mode="sum"))
                 case.peer_checks["torch"] = close_to(tol)
-        elif fmt == "int8" and byte_bag is not None:
-            packed = torch.from_numpy(tables["int8"].packed)
+        elif fmt == "int8" and packed is not None:
             if kind == "gather":
-                case.peers["torch"] = peer(
-                    lambda packed=packed: byte_bag(packed, b.t_ids, t_singles, False, 0, False, None, None, False))
+                case.peers["torch"] = peer(lambda: byte_bag(packed, b.t_ids, t_singles, False, 0, False, None, None, False))
             else:
-                case.peers["torch"] = peer(
-                    lambda packed=packed: byte_bag(packed, b.t_flat, t_starts, False, 0, False, None, None, False))
+                case.peers["torch"] = peer(lambda: byte_bag(packed, b.t_flat, t_starts, False, 0, False, None, None, False))
             case.peer_checks["torch"] = close_to(1e-5)
