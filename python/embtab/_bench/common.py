@@ -35,7 +35,7 @@ class IdBatches:
     one's arrays as attributes (``batches.bag_ids``). The runner moves to the next batch before
     every call it makes (warm-up and timed), so no call finds the rows that the call before it read
     still in the CPU's last-level cache, as a training loop's next batch would not. Repeating one
-    batch would reward the rows' reuse, not the lookup: an 8-bit sum-bag call reads 38 MB of rows,
+    batch would reward the rows' reuse, not the lookup: an 8-bit sum-bag call reads 26 MB of codes,
     most of which a 32 MB cache still holds at the next call, while a float32 call reads 102 MB."""
 
     def __init__(self, batches: List[Dict[str, Any]]) -> None:
