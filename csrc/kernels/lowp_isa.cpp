@@ -41,11 +41,6 @@ EMBTAB_INLINE uint32_t bits_from_float(float f) {
   __builtin_memcpy(&bits, &f, sizeof bits);
   return bits;
 }
-EMBTAB_INLINE float load_float(const uint8_t* p) {
-  float f;
-  __builtin_memcpy(&f, p, sizeof f);
-  return f;
-}
 
 // IEEE binary16 -> binary32 (exact). NaNs come out quiet, as from vcvtph2ps.
 EMBTAB_INLINE float f16_to_float(uint16_t h) {
@@ -294,8 +289,9 @@ struct Ahead {
 
   static Ahead whole(int64_t row_bytes) { return {prefetch_distance(row_bytes), row_bytes}; }
   // The first half of a row's cache lines (at least one), 16 rows ahead, the rest left to the
-  // hardware prefetcher. On a 2-vCPU VM in the state where two threads' prefetches compete, 8-bit
-  // (1 of 3 lines) and float16 (2 of 4) sum bags on 2 threads took 1.5-1.7 ms instead of 1.6-2.6.
+  // hardware prefetcher. On a 2-vCPU VM in the state where two threads' prefetches compete, float16
+  // sum bags on 2 threads (2 of 4 lines) took 1.5-1.6 ms instead of 2.2-2.6, and 8-bit ones, when
+  // their rows were dim + 8 bytes (1 of 3 lines), 1.4-1.7 ms instead of 1.6-2.2.
   static Ahead lead(int64_t row_bytes) {
     const int64_t lines = (row_bytes + kCacheLine - 1) / kCacheLine;
     return {16, max_of<int64_t>(1, lines / 2) * kCacheLine};
@@ -441,7 +437,7 @@ void bags_range(const LowpRows<R>& rows, const I* EMBTAB_RESTRICT ids, const int
                 int64_t bag_end, const float* EMBTAB_RESTRICT weights, float* EMBTAB_RESTRICT out,
                 int64_t* EMBTAB_RESTRICT argmax, Ahead ahead) {
   const int64_t dim = rows.dim;
-    const int64_t ids_end = offsets[bag_end];
+  const int64_t ids_end = offsets[bag_end];
   for (int64_t b = bag_begin; b < bag_end; ++b) {
     const int64_t s = offsets[b], e = offsets[b + 1];
     float* EMBTAB_RESTRICT o = out + b * dim;
