@@ -251,11 +251,12 @@ UpdateKind parse_update(const std::string& kind) {
   if (kind == "adagrad") return UpdateKind::adagrad;
   if (kind == "rowwise_adagrad") return UpdateKind::rowwise_adagrad;
   if (kind == "adam") return UpdateKind::adam;
+  if (kind == "adamw") return UpdateKind::adamw;
   throw py::value_error("unknown optimizer kind '" + kind + "'");
 }
 
 struct Hyper {
-  double lr, eps, beta1, beta2, weight_decay;
+  double lr, eps, beta1, beta2, weight_decay, bias_correction2;
 };
 
 struct OptimTable {
@@ -284,7 +285,7 @@ OptimTable check_optim(const std::string& kind_name, const py::handle& table_obj
   if (update == UpdateKind::adagrad) t.state1 = state(state1_obj, "state['sum']", full);
   if (update == UpdateKind::rowwise_adagrad)
     t.state1 = state(state1_obj, "state['sum']", Shape{static_cast<py::ssize_t>(num_rows)});
-  if (update == UpdateKind::adam) {
+  if (update == UpdateKind::adam || update == UpdateKind::adamw) {
     t.state1 = state(state1_obj, "state['exp_avg']", full);
     t.state2 = state(state2_obj, "state['exp_avg_sq']", full);
   }
@@ -296,14 +297,15 @@ Update<T> make_update(OptimTable& t, const Hyper& h) {
   Update<T> u;
   u.kind = t.update;
   u.table = wdata<T>(t.table);
-  if (t.update == UpdateKind::adagrad || t.update == UpdateKind::rowwise_adagrad || t.update == UpdateKind::adam)
-    u.state1 = wdata<T>(t.state1);
-  if (t.update == UpdateKind::adam) u.state2 = wdata<T>(t.state2);
+  const bool adam = t.update == UpdateKind::adam || t.update == UpdateKind::adamw;
+  if (t.update == UpdateKind::adagrad || t.update == UpdateKind::rowwise_adagrad || adam) u.state1 = wdata<T>(t.state1);
+  if (adam) u.state2 = wdata<T>(t.state2);
   u.lr = h.lr;
   u.eps = h.eps;
   u.beta1 = h.beta1;
   u.beta2 = h.beta2;
   u.weight_decay = h.weight_decay;
+  u.bias_correction2 = h.bias_correction2;
   return u;
 }
 
@@ -322,7 +324,7 @@ void apply_update(OptimTable& t, const SparsePlan& plan, const GradSource<T>& so
 
 void optim_step(const std::string& kind_name, const py::handle& table_obj, const py::object& state1_obj,
                 const py::object& state2_obj, const py::handle& ids_obj, const py::handle& grads_obj, double lr,
-                double eps, double beta1, double beta2, double weight_decay) {
+                double eps, double beta1, double beta2, double weight_decay, double bias_correction2) {
   OptimTable t = check_optim(kind_name, table_obj, state1_obj, state2_obj);
   const py::array grads_in = require_array(grads_obj, "grads");
   require_float(grads_in, "grads");
@@ -333,7 +335,7 @@ void optim_step(const std::string& kind_name, const py::handle& table_obj, const
   const py::array grads = c_contiguous(grads_in);
   PlanStorage st;
   build_plan(ids, t.num_rows, st);  // every id is checked before the table is touched
-  const Hyper h{lr, eps, beta1, beta2, weight_decay};
+  const Hyper h{lr, eps, beta1, beta2, weight_decay, bias_correction2};
   visit_float(t.kind, [&](auto ttag) {
     using T = decltype(ttag);
     GradSource<T> source;
@@ -348,7 +350,7 @@ void optim_step_bags(const std::string& kind_name, const py::handle& table_obj, 
                      const py::object& state2_obj, const py::handle& grad_out_obj, const py::handle& ids_obj,
                      const py::object& offsets_obj, const std::string& mode_name, const py::object& weights_obj,
                      const py::object& argmax_obj, double lr, double eps, double beta1, double beta2,
-                     double weight_decay) {
+                     double weight_decay, double bias_correction2) {
   OptimTable t = check_optim(kind_name, table_obj, state1_obj, state2_obj);
   const Bags bags = check_bags(grad_out_obj, ids_obj, offsets_obj, mode_name, weights_obj, argmax_obj);
   if (!bags.grad_out.dtype().equal(t.table.dtype()))
@@ -360,7 +362,7 @@ void optim_step_bags(const std::string& kind_name, const py::handle& table_obj, 
   PlanStorage st;
   build_plan(bags.ids, t.num_rows, st);
   const PooledArray<std::int64_t> bag_of = make_bag_of(bags);
-  const Hyper h{lr, eps, beta1, beta2, weight_decay};
+  const Hyper h{lr, eps, beta1, beta2, weight_decay, bias_correction2};
   visit_float(t.kind, [&](auto ttag) {
     using T = decltype(ttag);
     apply_update<T>(t, st.plan, bag_source<T>(bags, bag_of.get()), h);
@@ -379,12 +381,13 @@ void register_sparse(py::module_& m) {
         py::arg("num_rows") = -1, "Coalesced gradient of gather_bags; see embtab.gather_bags_grad.");
   m.def("optim_step", &optim_step, py::arg("kind"), py::arg("table"), py::arg("state1"), py::arg("state2"),
         py::arg("ids"), py::arg("grads"), py::arg("lr"), py::arg("eps") = 0.0, py::arg("beta1") = 0.0,
-        py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0, "One sparse optimizer step; see embtab.optim.");
+        py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0, py::arg("bias_correction2") = 1.0,
+        "One sparse optimizer step; see embtab.optim.");
   m.def("optim_step_bags", &optim_step_bags, py::arg("kind"), py::arg("table"), py::arg("state1"), py::arg("state2"),
         py::arg("grad_out"), py::arg("ids"), py::arg("offsets") = py::none(), py::arg("mode") = "sum",
         py::arg("weights") = py::none(), py::arg("argmax") = py::none(), py::arg("lr") = 0.0, py::arg("eps") = 0.0,
         py::arg("beta1") = 0.0, py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0,
-        "Fused bag gradient + sparse optimizer step; see embtab.optim.");
+        py::arg("bias_correction2") = 1.0, "Fused bag gradient + sparse optimizer step; see embtab.optim.");
 }
 
 }  // namespace bind

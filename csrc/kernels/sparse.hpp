@@ -65,7 +65,7 @@ struct GradSource {
   const std::int64_t* argmax = nullptr;  // bags_max: num_bags x dim
 };
 
-enum class UpdateKind : int { store = 0, sgd = 1, adagrad = 2, rowwise_adagrad = 3, adam = 4 };
+enum class UpdateKind : int { store = 0, sgd = 1, adagrad = 2, rowwise_adagrad = 3, adam = 4, adamw = 5 };
 
 // The update applied to row r with its summed gradient g (all arithmetic in T; the double
 // parameters are rounded to T once, as torch does with Python scalars):
@@ -78,6 +78,10 @@ enum class UpdateKind : int { store = 0, sgd = 1, adagrad = 2, rowwise_adagrad =
 //                    v_old = v; dv = (g * g - v_old) * (1 - beta2); v = v_old + dv;
 //                    p += (-lr) * ((dm + m_old) / (sqrt(dv + v_old) + eps))
 //                    (torch.optim.SparseAdam's order of operations; lr is the bias-corrected step size)
+//   adamw:           p *= (1 - weight_decay);  m = lerp(m, g, 1 - beta1);  v = v * beta2 + ((1 - beta2) * g) * g;
+//                    p += ((-lr) * m) / (sqrt(v) / bias_correction2 + eps)
+//                    (torch.optim.AdamW's order of operations on the touched rows: lr is lr / (1 - beta1**step),
+//                    weight_decay is lr * weight_decay, bias_correction2 is sqrt(1 - beta2**step))
 template <class T>
 struct Update {
   UpdateKind kind = UpdateKind::store;
@@ -86,6 +90,7 @@ struct Update {
   T* state1 = nullptr;  // adagrad: sum (num_rows x dim); rowwise: sum (num_rows); adam: exp_avg
   T* state2 = nullptr;  // adam: exp_avg_sq
   double lr = 0, eps = 0, beta1 = 0, beta2 = 0, weight_decay = 0;
+  double bias_correction2 = 1;  // adamw
 };
 
 template <class T, class I>

@@ -497,6 +497,42 @@ struct AdamUpdate {
   }
 };
 
+// torch.optim.AdamW on the touched rows: decoupled decay first, then Adam with torch's lerp (its
+// two formulas, chosen by the weight as torch chooses), addcmul and addcdiv operation order.
+template <class T>
+struct AdamWUpdate {
+  static constexpr bool kStore = false;
+  static constexpr int kRows = 3;
+  EMBTAB_INLINE T* row_buffer(int64_t, int64_t, T* buf) const { return buf; }
+  T* table;
+  T* exp_avg;
+  T* exp_avg_sq;
+  T decay, neg_step, lerp_weight, beta2, one_minus_beta2, bias_correction2, eps;
+  int64_t dim;
+  EMBTAB_INLINE void prefetch(int64_t r, int64_t bytes) const {
+    prefetch_row_write(table + r * dim, bytes);
+    prefetch_row_write(exp_avg + r * dim, bytes);
+    prefetch_row_write(exp_avg_sq + r * dim, bytes);
+  }
+  template <int D>
+  EMBTAB_INLINE void apply(int64_t r, T* EMBTAB_RESTRICT g, int64_t) const {
+    const int64_t n = D > 0 ? D : dim;
+    T* EMBTAB_RESTRICT p = table + r * dim;
+    T* EMBTAB_RESTRICT m = exp_avg + r * dim;
+    T* EMBTAB_RESTRICT v = exp_avg_sq + r * dim;
+    const bool small_weight = lerp_weight < T(0.5);
+    const T one_minus_weight = T(1) - lerp_weight;
+    for (int64_t j = 0; j < n; ++j) {
+      const T m_new = small_weight ? m[j] + lerp_weight * (g[j] - m[j]) : g[j] - (g[j] - m[j]) * one_minus_weight;
+      const T v_new = v[j] * beta2 + one_minus_beta2 * g[j] * g[j];
+      m[j] = m_new;
+      v[j] = v_new;
+      const T denom = sqrt_of(v_new) / bias_correction2 + eps;
+      p[j] = p[j] * decay + neg_step * m_new / denom;
+    }
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 
 template <int D, class T, class Source, class Upd>
@@ -549,6 +585,14 @@ void reduce_source(const SparsePlan& plan, const Source& source, const Update<T>
       reduce_with<T>(plan, source,
                      AdamUpdate<T>{u.table, u.state1, u.state2, static_cast<T>(-u.lr), static_cast<T>(1.0 - u.beta1),
                                    static_cast<T>(1.0 - u.beta2), static_cast<T>(u.eps), dim},
+                     dim);
+      break;
+    case UpdateKind::adamw:
+      reduce_with<T>(plan, source,
+                     AdamWUpdate<T>{u.table, u.state1, u.state2, static_cast<T>(1.0 - u.weight_decay),
+                                    static_cast<T>(-u.lr), static_cast<T>(1.0 - u.beta1), static_cast<T>(u.beta2),
+                                    static_cast<T>(1.0 - u.beta2), static_cast<T>(u.bias_correction2),
+                                    static_cast<T>(u.eps), dim},
                      dim);
       break;
     default:

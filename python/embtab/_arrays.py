@@ -8,14 +8,38 @@ from typing import Any
 import numpy as np
 
 
-def as_ids(ids: Any) -> Any:
+# DLPack device types (dlpack.h) whose memory the CPU reads directly, and names for the others.
+_DLPACK_HOST_DEVICES = (1, 3, 11, 13)  # CPU, CUDA pinned host, ROCm pinned host, CUDA managed
+_DLPACK_DEVICE_NAMES = {2: "cuda", 4: "opencl", 7: "vulkan", 8: "metal", 9: "vpi", 10: "rocm", 12: "ext_dev",
+                        14: "oneapi", 15: "webgpu", 16: "hexagon", 17: "maia"}
+
+
+def as_array(x: Any, name: str) -> Any:
+    """A numpy view of an object that exports ``__dlpack__`` (a torch tensor, a JAX or CuPy array
+    in host memory): zero-copy, sharing memory, so arrays that a kernel writes stay shared. Anything
+    else is returned unchanged (the compiled layer judges it).
+
+    Raises TypeError naming the device when the memory is not readable by the CPU.
+    """
+    if isinstance(x, np.ndarray) or not hasattr(x, "__dlpack__") or not hasattr(x, "__dlpack_device__"):
+        return x
+    device_type, device_id = x.__dlpack_device__()
+    if int(device_type) not in _DLPACK_HOST_DEVICES:
+        device = _DLPACK_DEVICE_NAMES.get(int(device_type), f"dlpack device type {int(device_type)}")
+        raise TypeError(f"{name} is on device {device}:{device_id}; embtab's kernels run on the CPU "
+                        "(move it to host memory first, e.g. tensor.cpu())")
+    return np.from_dlpack(x)
+
+
+def as_ids(ids: Any, name: str = "ids") -> Any:
     """Pass int32/int64 arrays through untouched; widen other safe integer inputs to int64.
 
     Lists and tuples become arrays (an empty one becomes an empty int64 array). Narrow signed and
     unsigned integer arrays (int8/16, uint8/16/32) are widened to int64, which is exact. Everything
     else (float, bool, uint64, object) goes through unchanged so the compiled layer rejects it with
-    a TypeError.
+    a TypeError. DLPack exporters are viewed as numpy arrays first (:func:`as_array`).
     """
+    ids = as_array(ids, name)
     if not isinstance(ids, np.ndarray):
         arr = np.asarray(ids)
         if arr.size == 0 and arr.dtype == np.float64:
@@ -26,8 +50,10 @@ def as_ids(ids: Any) -> Any:
     return ids
 
 
-def as_values(values: Any, like: Any) -> Any:
-    """Lists become arrays of the table's dtype; arrays pass untouched (their dtype is checked)."""
+def as_values(values: Any, like: Any, name: str = "values") -> Any:
+    """Lists become arrays of the table's dtype; arrays (and DLPack exporters, viewed as arrays)
+    pass untouched (their dtype is checked)."""
+    values = as_array(values, name)
     if values is None or isinstance(values, np.ndarray):
         return values
     dtype = like.dtype if isinstance(like, np.ndarray) else None

@@ -42,8 +42,14 @@ class CheckpointError(ValueError):
 def register_checkpointable(cls: Type[Any]) -> Type[Any]:
     """Class decorator: instances provide ``_checkpoint_state() -> (config: dict, arrays: dict)``
     and the class ``_from_checkpoint(config, arrays)``."""
-    _REGISTRY[cls.__name__] = cls
+    _REGISTRY[_class_name(cls)] = cls
     return cls
+
+
+def _class_name(cls: Type[Any]) -> str:
+    """The name a class is saved under: its own ``_checkpoint_name`` (embtab.torch.Embedding is not
+    embtab.layers.Embedding), else its ``__name__``."""
+    return str(cls.__dict__.get("_checkpoint_name", cls.__name__))
 
 
 def _fsync_path(path: str, directory: bool = False) -> None:
@@ -122,7 +128,7 @@ def save(path: "os.PathLike[str] | str", **named: Any) -> None:
             if isinstance(value, np.ndarray):
                 entries[name] = {"kind": "array", **_write_array(tmp, f"{name}.npy", value)}
                 written[id(value)] = name
-            elif type(value).__name__ in _REGISTRY and hasattr(value, "_checkpoint_state"):
+            elif _class_name(type(value)) in _REGISTRY and hasattr(value, "_checkpoint_state"):
                 config, arrays = value._checkpoint_state()
                 files: Dict[str, Any] = {}
                 for key, arr in arrays.items():
@@ -131,7 +137,7 @@ def save(path: "os.PathLike[str] | str", **named: Any) -> None:
                     else:
                         files[key] = _write_array(tmp, f"{name}.{key}.npy", np.asarray(arr))
                         written[id(arr)] = f"{name}.{key}"
-                entries[name] = {"kind": "object", "class": type(value).__name__, "config": config, "arrays": files,
+                entries[name] = {"kind": "object", "class": _class_name(type(value)), "config": config, "arrays": files,
                                  "order": _save_order(value)}
             else:
                 raise TypeError(f"cannot save {name}: expected a numpy array or an embtab layer or optimizer, "

@@ -49,6 +49,7 @@ def optim_step(
     beta1: float = ...,
     beta2: float = ...,
     weight_decay: float = ...,
+    bias_correction2: float = ...,
 ) -> None: ...
 def optim_step_bags(
     kind: str,
@@ -66,6 +67,7 @@ def optim_step_bags(
     beta1: float = ...,
     beta2: float = ...,
     weight_decay: float = ...,
+    bias_correction2: float = ...,
 ) -> None: ...
 def murmur3_32(keys: Any, seed: int = ...) -> NDArray[np.uint32]: ...
 def murmur3_128(keys: Any, seed: int = ...) -> NDArray[np.uint64]: ...

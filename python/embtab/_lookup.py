@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core, _lowp
-from ._arrays import as_ids, as_values
+from ._arrays import as_array, as_ids, as_values
 
 PoolMode = Literal["sum", "mean", "max"]
 BoundsMode = Literal["raise", "zero"]
@@ -60,6 +60,7 @@ def gather(
     ValueError
         ``table`` is not 2-D, or ``out`` has the wrong shape, is not C-contiguous or is read-only.
     """
+    table, out = as_array(table, "table"), as_array(out, "out")
     if _lowp.handles(table, dtype):
         return _lowp.gather(table, ids, out=out, dtype=dtype, bounds=bounds)
     return _core.gather(table, as_ids(ids), out, bounds)
@@ -125,12 +126,13 @@ def gather_bags(
         Bad shapes, offsets that do not start at 0, decrease or do not end at ``len(ids)``, 1-D ids
         without offsets or 2-D ids with them, an unknown mode, weights with ``mode="max"``.
     """
+    table, out = as_array(table, "table"), as_array(out, "out")
     if _lowp.handles(table, dtype):
         return _lowp.gather_bags(table, ids, offsets, mode=mode, weights=weights, out=out,
                                  return_argmax=return_argmax, dtype=dtype, bounds=bounds)
     if offsets is not None:
-        offsets = as_ids(offsets)
+        offsets = as_ids(offsets, "offsets")
     return _core.gather_bags(
-        table, as_ids(ids), offsets, mode, as_values(weights, table), out, return_argmax, bounds
+        table, as_ids(ids), offsets, mode, as_values(weights, table, "weights"), out, return_argmax, bounds
     )
 

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core
-from ._arrays import as_ids, as_values
+from ._arrays import as_array, as_ids, as_values
 from ._lookup import PoolMode, gather_bags
 
 
@@ -38,6 +38,7 @@ def scatter_add(target: NDArray[np.floating], ids: ArrayLike, values: NDArray[np
     ValueError
         ``target`` is not 2-D, read-only or not C-contiguous; ``values`` has the wrong shape.
     """
+    target = as_array(target, "target")
     _core.scatter_add(target, as_ids(ids), as_values(values, target))
 
 
@@ -68,7 +69,7 @@ def coalesce(ids: ArrayLike, values: NDArray[np.floating]) -> Tuple[NDArray[np.i
     IndexError
         A negative id. TypeError / ValueError as :func:`scatter_add`.
     """
-    rows, sums = _core.coalesce(as_ids(ids), values)
+    rows, sums = _core.coalesce(as_ids(ids), as_array(values, "values"))
     return rows, sums
 
 
@@ -128,11 +129,12 @@ def gather_bags_grad(
         than the number of bags, ``mode="max"`` without ``table`` or ``argmax``, ``argmax`` with
         another mode.
     """
-    ids = as_ids(ids)
+    ids, grad_out = as_ids(ids), as_array(grad_out, "grad_out")
+    table, argmax = as_array(table, "table"), as_array(argmax, "argmax")
     if offsets is not None:
-        offsets = as_ids(offsets)
+        offsets = as_ids(offsets, "offsets")
     if mode == "max" and argmax is None and table is not None:
         _, argmax = gather_bags(table, ids, offsets, mode="max", return_argmax=True)
     num_rows = -1 if table is None else int(np.shape(table)[0])
-    rows, grads = _core.bags_grad(grad_out, ids, offsets, mode, as_values(weights, grad_out), argmax, num_rows)
+    rows, grads = _core.bags_grad(grad_out, ids, offsets, mode, as_values(weights, grad_out, "weights"), argmax, num_rows)
     return rows, grads

@@ -17,7 +17,8 @@ before anything is written: a bad id raises IndexError and leaves the table and 
 Weight decay: none of the torch counterparts supports it with a sparse gradient (``torch.optim.SGD``
 and ``Adagrad`` raise, ``SparseAdam`` has no such option), so :class:`SGD`, :class:`Adagrad` and
 :class:`Adam` have none either. :class:`RowWiseAdagrad` has FBGEMM's L2 mode (``weight_decay * row``
-added to the gradient of each row in the batch).
+added to the gradient of each row in the batch); :class:`AdamW` decays the rows of the batch
+(decoupled, as ``torch.optim.AdamW``).
 """
 
 from __future__ import annotations
@@ -30,14 +31,15 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core
-from ._arrays import aligned_empty, aligned_zeros, as_ids, as_values
+from ._arrays import aligned_empty, aligned_zeros, as_array, as_ids, as_values
 from ._checkpoint import register_checkpointable
 from ._lookup import PoolMode, gather_bags
 
-__all__ = ["SGD", "Adagrad", "RowWiseAdagrad", "Adam"]
+__all__ = ["SGD", "Adagrad", "RowWiseAdagrad", "Adam", "AdamW"]
 
 
 def _check_table(table: Any) -> NDArray[np.floating]:
+    table = as_array(table, "table")  # a torch tensor's (or other DLPack array's) memory, shared
     if not isinstance(table, np.ndarray):
         raise TypeError(f"table must be a numpy array, got {type(table).__name__}")
     if table.dtype not in (np.float32, np.float64) or not table.dtype.isnative:
@@ -151,7 +153,7 @@ class _SparseOptimizer:
             raise TypeError("step() takes both ids and grads, or neither")
         step = self._next_step()
         s1, s2 = self._state_arrays()
-        _core.optim_step(self._kind, self.table, s1, s2, as_ids(ids), as_values(grads, self.table), **self._params(step))
+        _core.optim_step(self._kind, self.table, s1, s2, as_ids(ids), as_values(grads, self.table, "grads"), **self._params(step))
         self._finish_step(step)
 
     def step_bags(
@@ -180,24 +182,30 @@ class _SparseOptimizer:
             omitted they are recomputed from the table (which must not have changed since the
             forward pass).
         """
+        self._step_bags_into(self.table, self._state_arrays(), grad_out, ids, offsets, mode, weights, argmax)
+
+    def _step_bags_into(self, table: Any, state: Tuple[Optional[np.ndarray], Optional[np.ndarray]],
+                        grad_out: Any, ids: Any, offsets: Any, mode: PoolMode, weights: Any, argmax: Any) -> None:
+        """:meth:`step_bags` on ``table`` and ``state`` (the arrays of :meth:`_state_arrays`) in place
+        of this optimizer's own: embtab.torch's fused backward updates the tensors torch hands it."""
         step = self._next_step()
-        ids = as_ids(ids)
+        ids, grad_out = as_ids(ids), as_array(grad_out, "grad_out")
         if offsets is not None:
-            offsets = as_ids(offsets)
+            offsets = as_ids(offsets, "offsets")
         if mode == "max" and argmax is None:
-            _, argmax = gather_bags(self.table, ids, offsets, mode="max", return_argmax=True)
-        s1, s2 = self._state_arrays()
+            _, argmax = gather_bags(table, ids, offsets, mode="max", return_argmax=True)
+        s1, s2 = state
         _core.optim_step_bags(
             self._kind,
-            self.table,
+            table,
             s1,
             s2,
             grad_out,
             ids,
             offsets,
             mode,
-            as_values(weights, grad_out),
-            argmax,
+            as_values(weights, grad_out, "weights"),
+            as_array(argmax, "argmax"),
             **self._params(step),
         )
         self._finish_step(step)
@@ -386,3 +394,61 @@ class Adam(_SparseOptimizer):
         lr = _hyper("lr", self.lr)
         step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         return {"lr": step_size, "eps": _hyper("eps", self.eps, positive=True), "beta1": beta1, "beta2": beta2}
+
+
+@register_checkpointable
+class AdamW(Adam):
+    """Lazy AdamW: ``torch.optim.AdamW`` restricted to the rows of the batch.
+
+    For each row of the batch, with its summed gradient ``g`` (``t`` is ``step``, counted for the
+    whole table as in :class:`Adam`)::
+
+        row *= 1 - lr * weight_decay                      # decoupled weight decay
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
+        row -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    in torch's order of operations. Rows outside the batch keep their values and moments: they are
+    neither decayed nor moved (dense AdamW would decay every row and keep moving rows whose moments
+    are nonzero), which is what makes the step cost proportional to the batch.
+
+    Parameters
+    ----------
+    table : ndarray, shape (num_rows, dim), float32 or float64
+    lr : float
+    betas : (float, float), default (0.9, 0.999)
+        Each in [0, 1).
+    eps : float, default 1e-8
+        Must be > 0.
+    weight_decay : float, default 0.01
+        The decoupled decay coefficient (torch.optim.AdamW's default).
+
+    Attributes
+    ----------
+    state : dict
+        ``"exp_avg"``, ``"exp_avg_sq"``: ndarrays (num_rows, dim); ``"step"``: int.
+    """
+
+    _kind = "adamw"
+
+    def __init__(
+        self,
+        table: NDArray[np.floating],
+        lr: float,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ) -> None:
+        super().__init__(table, lr, betas, eps)
+        self.weight_decay = _hyper("weight_decay", weight_decay)
+
+    def _params(self, step: int) -> Dict[str, float]:
+        beta1, beta2 = self._check_betas(self.betas)
+        lr = _hyper("lr", self.lr)
+        return {
+            "lr": lr / (1 - beta1**step),
+            "eps": _hyper("eps", self.eps, positive=True),
+            "beta1": beta1,
+            "beta2": beta2,
+            "weight_decay": lr * _hyper("weight_decay", self.weight_decay),
+            "bias_correction2": (1 - beta2**step) ** 0.5,  # as torch computes it
+        }
