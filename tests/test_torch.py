@@ -337,6 +337,7 @@ def test_fused_embedding_matches_torch_sgd():
     torch.testing.assert_close(ours.weight, ref.weight)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fbgemm_gpu warns about its optional SSD modules
 def test_fused_rowwise_adagrad_matches_fbgemm():
     pytest.importorskip("fbgemm_gpu")
     from fbgemm_gpu.split_embedding_configs import EmbOptimType

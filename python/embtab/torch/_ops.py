@@ -94,46 +94,46 @@ def _num_bags(ids: Tensor, offsets: Optional[Tensor], include_last_offset: bool)
 
 @torch.library.custom_op("embtab::embedding_bag", mutates_args=())
 def embedding_bag(weight: Tensor, ids: Tensor, offsets: Optional[Tensor], per_sample_weights: Optional[Tensor],
-                  state: List[Tensor], mode: str, padding_idx: int, include_last_offset: bool, gradient: str,
+                  state: List[Tensor], pooling: str, padding_idx: int, include_last_offset: bool, gradient: str,
                   handle: int) -> Tuple[Tensor, Tensor]:
-    """Pooled lookup; returns (output, argmax) where argmax is empty unless mode == "max"."""
+    """Pooled lookup; returns (output, argmax) where argmax is empty unless pooling == "max"."""
     sync_threads()
     ids_np, offsets_np, weights_np = _csr(ids, offsets, per_sample_weights, padding_idx, include_last_offset)
     table = view(weight, "weight")
-    if mode == "max" and weights_np is None:
+    if pooling == "max" and weights_np is None:
         out, argmax = gather_bags(table, ids_np, offsets_np, mode="max", return_argmax=True)
         return tensor(out), tensor(argmax)
-    out = gather_bags(table, ids_np, offsets_np, mode=mode, weights=weights_np)
+    out = gather_bags(table, ids_np, offsets_np, mode=pooling, weights=weights_np)
     return tensor(out), tensor(_NO_ARGMAX.copy())
 
 
 @embedding_bag.register_fake
-def _(weight, ids, offsets, per_sample_weights, state, mode, padding_idx, include_last_offset, gradient, handle):
+def _(weight, ids, offsets, per_sample_weights, state, pooling, padding_idx, include_last_offset, gradient, handle):
     num_bags = _num_bags(ids, offsets, include_last_offset)
     out = weight.new_empty((num_bags, weight.shape[1]))
-    argmax = ids.new_empty((num_bags, weight.shape[1]) if mode == "max" else (0,), dtype=torch.int64)
+    argmax = ids.new_empty((num_bags, weight.shape[1]) if pooling == "max" else (0,), dtype=torch.int64)
     return out, argmax
 
 
 def _bag_setup(ctx, inputs, output):
-    weight, ids, offsets, per_sample_weights, state, mode, padding_idx, include_last_offset, gradient, handle = inputs
-    ctx.options = (mode, padding_idx, include_last_offset, gradient, handle, weight.shape[0])
+    weight, ids, offsets, per_sample_weights, state, pooling, padding_idx, include_last_offset, gradient, handle = inputs
+    ctx.options = (pooling, padding_idx, include_last_offset, gradient, handle, weight.shape[0])
     needs_weight_values = gradient == "fused" or (per_sample_weights is not None and ctx.needs_input_grad[3])
     ctx.save_for_backward(weight if needs_weight_values else None, ids, offsets, per_sample_weights, output[1],
                           *state)
 
 
 def _bag_backward(ctx, grad_out, _grad_argmax):
-    mode, padding_idx, include_last_offset, gradient, handle, num_rows = ctx.options
+    pooling, padding_idx, include_last_offset, gradient, handle, num_rows = ctx.options
     weight, ids, offsets, per_sample_weights, argmax, *state = ctx.saved_tensors
     grad_out = grad_out.contiguous()
     grad_weights = None
     if per_sample_weights is not None and ctx.needs_input_grad[3]:
         # Before a fused update moves the rows.
         grad_weights = torch.ops.embtab.embedding_bag_per_sample_weights_backward(
-            grad_out, weight, ids, offsets, mode, padding_idx, include_last_offset)
+            grad_out, weight, ids, offsets, pooling, padding_idx, include_last_offset)
     grad_weight = None
-    args = (grad_out, ids, offsets, per_sample_weights, argmax, mode, padding_idx, include_last_offset)
+    args = (grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx, include_last_offset)
     if gradient == "fused":
         torch.ops.embtab.embedding_bag_fused_step(weight, list(state), *args, handle)
     elif ctx.needs_input_grad[0]:
@@ -209,20 +209,20 @@ embedding.register_autograd(_embedding_backward, setup_context=_embedding_setup)
 # Backward operators. They take the forward's bag arguments and its argmax (empty unless "max").
 
 
-def _bags_grad(grad_out, ids, offsets, per_sample_weights, argmax, mode, padding_idx, include_last_offset,
+def _bags_grad(grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx, include_last_offset,
                num_rows) -> Tuple[Any, Any]:
     sync_threads()
     ids_np, offsets_np, weights_np = _csr(ids, offsets, per_sample_weights, padding_idx, include_last_offset)
-    argmax_np = view(argmax, "argmax") if mode == "max" else None
-    return _core.bags_grad(view(grad_out, "grad_out"), ids_np, offsets_np, mode, weights_np, argmax_np, num_rows)
+    argmax_np = view(argmax, "argmax") if pooling == "max" else None
+    return _core.bags_grad(view(grad_out, "grad_out"), ids_np, offsets_np, pooling, weights_np, argmax_np, num_rows)
 
 
 @torch.library.custom_op("embtab::embedding_bag_backward", mutates_args=())
 def embedding_bag_backward(grad_out: Tensor, ids: Tensor, offsets: Optional[Tensor],
-                           per_sample_weights: Optional[Tensor], argmax: Tensor, mode: str, padding_idx: int,
+                           per_sample_weights: Optional[Tensor], argmax: Tensor, pooling: str, padding_idx: int,
                            include_last_offset: bool, num_rows: int) -> Tensor:
     """The dense (num_rows, dim) gradient of embedding_bag with respect to its weight."""
-    rows, grads = _bags_grad(grad_out, ids, offsets, per_sample_weights, argmax, mode, padding_idx,
+    rows, grads = _bags_grad(grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx,
                              include_last_offset, num_rows)
     dense = torch.zeros((num_rows, grads.shape[1]), dtype=grad_out.dtype)
     dense.index_copy_(0, tensor(rows), tensor(grads))
@@ -230,30 +230,30 @@ def embedding_bag_backward(grad_out: Tensor, ids: Tensor, offsets: Optional[Tens
 
 
 @embedding_bag_backward.register_fake
-def _(grad_out, ids, offsets, per_sample_weights, argmax, mode, padding_idx, include_last_offset, num_rows):
+def _(grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx, include_last_offset, num_rows):
     return grad_out.new_empty((num_rows, grad_out.shape[1]))
 
 
 @torch.library.custom_op("embtab::embedding_bag_sparse_backward", mutates_args=())
 def embedding_bag_sparse_backward(grad_out: Tensor, ids: Tensor, offsets: Optional[Tensor],
-                                  per_sample_weights: Optional[Tensor], argmax: Tensor, mode: str,
+                                  per_sample_weights: Optional[Tensor], argmax: Tensor, pooling: str,
                                   padding_idx: int, include_last_offset: bool,
                                   num_rows: int) -> Tuple[Tensor, Tensor]:
     """The coalesced sparse gradient as (rows, row gradients): rows sorted and distinct."""
-    rows, grads = _bags_grad(grad_out, ids, offsets, per_sample_weights, argmax, mode, padding_idx,
+    rows, grads = _bags_grad(grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx,
                              include_last_offset, num_rows)
     return tensor(rows), tensor(grads)
 
 
 @embedding_bag_sparse_backward.register_fake
-def _(grad_out, ids, offsets, per_sample_weights, argmax, mode, padding_idx, include_last_offset, num_rows):
+def _(grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx, include_last_offset, num_rows):
     k = torch.library.get_ctx().new_dynamic_size()
     return ids.new_empty((k,), dtype=torch.int64), grad_out.new_empty((k, grad_out.shape[1]))
 
 
 @torch.library.custom_op("embtab::embedding_bag_per_sample_weights_backward", mutates_args=())
 def embedding_bag_per_sample_weights_backward(grad_out: Tensor, weight: Tensor, ids: Tensor,
-                                              offsets: Optional[Tensor], mode: str, padding_idx: int,
+                                              offsets: Optional[Tensor], pooling: str, padding_idx: int,
                                               include_last_offset: bool) -> Tensor:
     """d(output)/d(per_sample_weights[i]) . grad_out: the dot product of grad_out[bag of i] with
     weight[ids[i]] (divided by the bag's length for "mean"); 0 at padding positions."""
@@ -266,7 +266,7 @@ def embedding_bag_per_sample_weights_backward(grad_out: Tensor, weight: Tensor, 
     bag_of = np.repeat(np.arange(lengths.shape[0]), lengths)
     grad = view(grad_out, "grad_out")
     keep = flat != padding_idx if padding_idx >= 0 else np.ones(flat.shape, bool)
-    if mode == "mean":
+    if pooling == "mean":
         kept_before = np.concatenate([np.zeros(1, np.int64), np.cumsum(keep, dtype=np.int64)])
         counts = kept_before[offsets_csr[1:]] - kept_before[offsets_csr[:-1]]
         scale = (1.0 / np.maximum(counts, 1)).astype(grad.dtype)[bag_of]
@@ -278,24 +278,29 @@ def embedding_bag_per_sample_weights_backward(grad_out: Tensor, weight: Tensor, 
 
 
 @embedding_bag_per_sample_weights_backward.register_fake
-def _(grad_out, weight, ids, offsets, mode, padding_idx, include_last_offset):
+def _(grad_out, weight, ids, offsets, pooling, padding_idx, include_last_offset):
     return grad_out.new_empty(ids.shape)
 
 
 @torch.library.custom_op("embtab::embedding_bag_fused_step", mutates_args=("weight", "state"))
 def embedding_bag_fused_step(weight: Tensor, state: List[Tensor], grad_out: Tensor, ids: Tensor,
                              offsets: Optional[Tensor], per_sample_weights: Optional[Tensor], argmax: Tensor,
-                             mode: str, padding_idx: int, include_last_offset: bool, handle: int) -> None:
+                             pooling: str, padding_idx: int, include_last_offset: bool, handle: int) -> None:
     """One step of the fused optimizer ``handle`` on ``weight`` and its ``state``, in place."""
     sync_threads()
     ids_np, offsets_np, weights_np = _csr(ids, offsets, per_sample_weights, padding_idx, include_last_offset)
-    argmax_np = view(argmax, "argmax") if mode == "max" else None
+    argmax_np = view(argmax, "argmax") if pooling == "max" else None
     fused_owner(handle).apply_fused_step(view(weight, "weight"), [view(s, "state") for s in state],
-                                         view(grad_out, "grad_out"), ids_np, offsets_np, mode, weights_np,
+                                         view(grad_out, "grad_out"), ids_np, offsets_np, pooling, weights_np,
                                          argmax_np)
 
 
 @embedding_bag_fused_step.register_fake
-def _(weight, state, grad_out, ids, offsets, per_sample_weights, argmax, mode, padding_idx, include_last_offset,
+def _(weight, state, grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx, include_last_offset,
       handle):
     return None
+
+
+# Every operator this module registers (tests run torch.library.opcheck on each).
+OPERATORS = ("embedding_bag", "embedding", "embedding_bag_backward", "embedding_bag_sparse_backward",
+             "embedding_bag_per_sample_weights_backward", "embedding_bag_fused_step")
