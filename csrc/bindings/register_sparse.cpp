@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -57,14 +58,18 @@ struct PlanStorage {
   SparsePlan plan;
 };
 
-// Sorts and validates ids against num_rows (< 0: no upper bound) with the GIL released.
-void build_plan(const Ids& ids, std::int64_t num_rows, PlanStorage& st) {
-  const std::size_t n = static_cast<std::size_t>(ids.n);
+PlanBuffers plan_buffers(std::int64_t num_ids, PlanStorage& st) {
+  const std::size_t n = static_cast<std::size_t>(num_ids);
   st.work.reset(static_cast<std::size_t>(kPlanWorkBytesPerId) * n + 8);
   st.order.reset(n + 1);
   st.seg.reset(n + 1);
   st.rows.reset(n + 1);
-  const PlanBuffers buffers{st.work.get(), st.order.get(), st.seg.get(), st.rows.get()};
+  return PlanBuffers{st.work.get(), st.order.get(), st.seg.get(), st.rows.get()};
+}
+
+// Sorts and validates ids against num_rows (< 0: no upper bound) with the GIL released.
+void build_plan(const Ids& ids, std::int64_t num_rows, PlanStorage& st) {
+  const PlanBuffers buffers = plan_buffers(ids.n, st);
   const std::int64_t bad = visit_index(ids.kind, [&](auto itag) {
     using I = decltype(itag);
     const I* ids_ptr = cdata<I>(ids.array);
@@ -212,11 +217,12 @@ GradSource<T> bag_source(const Bags& bags, const std::int64_t* bag_of) {
   return source;
 }
 
-PooledArray<std::int64_t> make_bag_of(const Bags& bags) {
-  PooledArray<std::int64_t> bag_of(static_cast<std::size_t>(bags.ids.n) + 1);
+// bag_of[p]: the bag of position p, for CSR offsets over num_ids ids.
+PooledArray<std::int64_t> make_bag_of(const std::vector<std::int64_t>& offset_vector, std::int64_t num_ids) {
+  PooledArray<std::int64_t> bag_of(static_cast<std::size_t>(num_ids) + 1);
   std::int64_t* out = bag_of.get();
-  const std::int64_t* offsets = bags.offsets.data();
-  const std::int64_t num_bags = bags.num_bags;
+  const std::int64_t* offsets = offset_vector.data();
+  const std::int64_t num_bags = static_cast<std::int64_t>(offset_vector.size()) - 1;
   py::gil_scoped_release release;
   sparse_kernels().bag_of(offsets, num_bags, out);
   return bag_of;
@@ -228,7 +234,7 @@ py::tuple bags_grad(const py::handle& grad_out_obj, const py::handle& ids_obj, c
   const Bags bags = check_bags(grad_out_obj, ids_obj, offsets_obj, mode_name, weights_obj, argmax_obj);
   PlanStorage st;
   build_plan(bags.ids, num_rows, st);
-  const PooledArray<std::int64_t> bag_of = make_bag_of(bags);
+  const PooledArray<std::int64_t> bag_of = make_bag_of(bags.offsets, bags.ids.n);
   py::array rows = rows_array(st.plan);
   py::array grads = aligned_empty(bags.grad_out.dtype(),
                                   Shape{static_cast<py::ssize_t>(st.plan.num_unique), static_cast<py::ssize_t>(bags.dim)});
@@ -361,11 +367,108 @@ void optim_step_bags(const std::string& kind_name, const py::handle& table_obj, 
                           std::to_string(t.dim) + "), got " + shape_str(bags.grad_out));
   PlanStorage st;
   build_plan(bags.ids, t.num_rows, st);
-  const PooledArray<std::int64_t> bag_of = make_bag_of(bags);
+  const PooledArray<std::int64_t> bag_of = make_bag_of(bags.offsets, bags.ids.n);
   const Hyper h{lr, eps, beta1, beta2, weight_decay, bias_correction2};
   visit_float(t.kind, [&](auto ttag) {
     using T = decltype(ttag);
     apply_update<T>(t, st.plan, bag_source<T>(bags, bag_of.get()), h);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-table steps
+
+Hyper hyper_of(const py::handle& params, std::size_t t) {
+  if (!py::isinstance<py::dict>(params))
+    throw py::type_error("params[" + std::to_string(t) + "] must be a dict of hyperparameters");
+  const py::dict d = py::reinterpret_borrow<py::dict>(params);
+  const auto get = [&](const char* key, double fallback) { return d.contains(key) ? d[key].cast<double>() : fallback; };
+  return Hyper{get("lr", 0.0), get("eps", 0.0), get("beta1", 0.0), get("beta2", 0.0), get("weight_decay", 0.0),
+               get("bias_correction2", 1.0)};
+}
+
+// One update of every table of a multi-table batch (embtab.optim.step_bags_multi): ids are checked
+// against their tables, then sorted once as global rows (kernels/sparse.hpp), then one parallel
+// region updates every touched row of every table.
+void optim_step_bags_multi(const std::string& kind_name, const py::handle& tables_obj, const py::handle& states1_obj,
+                           const py::handle& states2_obj, const py::handle& grad_out_obj, const py::handle& ids_obj,
+                           const py::handle& offsets_obj, const py::object& feature_tables_obj,
+                           const py::object& modes_obj, const py::object& weights_obj, const py::handle& params_obj) {
+  const MultiBatch m = check_multi_batch(tables_obj, ids_obj, offsets_obj, feature_tables_obj, modes_obj, weights_obj,
+                                         true);
+  const std::size_t num_tables = m.tables.size();
+  const auto per_table = [&](const py::handle& obj, const char* name) {
+    if (!py::isinstance<py::sequence>(obj) || py::len(obj) != num_tables)
+      throw py::value_error(std::string(name) + " must be a sequence with one entry per table (" +
+                            std::to_string(num_tables) + ")");
+    return py::reinterpret_borrow<py::sequence>(obj);
+  };
+  const py::sequence states1 = per_table(states1_obj, "states1"), states2 = per_table(states2_obj, "states2");
+  const py::sequence params = per_table(params_obj, "params");
+  std::vector<OptimTable> opt;
+  std::vector<Hyper> hyper;
+  for (std::size_t t = 0; t < num_tables; ++t) {
+    opt.push_back(check_optim(kind_name, m.tables[t], states1[t], states2[t]));
+    hyper.push_back(hyper_of(params[t], t));
+  }
+  const py::array grad_out_in = require_array(grad_out_obj, "grad_out");
+  require_float(grad_out_in, "grad_out");
+  if (!grad_out_in.dtype().equal(m.tables[0].dtype()))
+    throw py::type_error("grad_out must have the tables' dtype " + dtype_str(m.tables[0]) + ", got " +
+                         dtype_str(grad_out_in));
+  const std::vector<py::ssize_t> want{static_cast<py::ssize_t>(m.batch), static_cast<py::ssize_t>(m.width)};
+  if (std::vector<py::ssize_t>(grad_out_in.shape(), grad_out_in.shape() + grad_out_in.ndim()) != want)
+    throw py::value_error("grad_out must have the shape of the lookup's output (batch, sum of the features' dims) = " +
+                          shape_str(want) + ", got " + shape_str(grad_out_in));
+  const py::array grad_out = c_contiguous(grad_out_in);
+
+  // Global ids (every id checked against its table first), then one plan over all of them.
+  const std::int64_t n = m.ids.n;
+  PooledArray<std::int64_t> global(static_cast<std::size_t>(n) + 1);
+  const std::int64_t bad = visit_index(m.ids.kind, [&](auto itag) {
+    using I = decltype(itag);
+    const I* ids = cdata<I>(m.ids.array);
+    std::int64_t* out = global.get();
+    py::gil_scoped_release release;
+    return sparse_kernels().index<I>().global_ids(ids, m.offsets.data(), m.num_features, m.batch,
+                                                   m.feature_table.data(), m.num_rows.data(), m.row_base.data(), out);
+  });
+  if (bad >= 0) throw_bad_multi_id(m, bad);
+  PlanStorage st;
+  const PlanBuffers buffers = plan_buffers(n, st);
+  {
+    const std::int64_t* ids = global.get();
+    const std::int64_t total_rows = m.row_base.back();
+    py::gil_scoped_release release;
+    sparse_kernels().index<std::int64_t>().plan(ids, n, total_rows, buffers, st.plan);
+  }
+  const PooledArray<std::int64_t> bag_of = make_bag_of(m.offsets, n);
+  std::vector<unsigned char> feature_mean;
+  for (PoolMode mode : m.modes) feature_mean.push_back(mode == PoolMode::mean ? 1 : 0);
+
+  visit_float(m.kind, [&](auto ttag) {
+    using T = decltype(ttag);
+    std::vector<Update<T>> updates;
+    for (std::size_t t = 0; t < num_tables; ++t) updates.push_back(make_update<T>(opt[t], hyper[t]));
+    MultiGradSource<T> source;
+    source.batch = m.batch;
+    source.grad_out = cdata<T>(grad_out);
+    source.stride = m.width;
+    source.feature_col = m.feature_col.data();
+    source.feature_mean = feature_mean.data();
+    source.bag_of = bag_of.get();
+    source.offsets = m.offsets.data();
+    source.weights = m.has_weights ? cdata<T>(m.weights) : nullptr;
+    // Write regions over every table, taken in address order so that two calls cannot deadlock.
+    std::vector<std::pair<void*, std::size_t>> regions;
+    for (OptimTable& t : opt) regions.emplace_back(t.table.mutable_data(), static_cast<std::size_t>(t.table.nbytes()));
+    std::sort(regions.begin(), regions.end());
+    const SparseFns<T>& fns = sparse_kernels().get<T>();
+    py::gil_scoped_release release;
+    std::vector<std::unique_ptr<WriteRegion>> held;
+    for (const auto& r : regions) held.emplace_back(new WriteRegion(r.first, r.second));
+    fns.reduce_multi(st.plan, source, updates.data(), m.dims.data(), m.row_base.data(),
+                     static_cast<std::int64_t>(num_tables));
   });
 }
 
@@ -388,6 +491,10 @@ void register_sparse(py::module_& m) {
         py::arg("weights") = py::none(), py::arg("argmax") = py::none(), py::arg("lr") = 0.0, py::arg("eps") = 0.0,
         py::arg("beta1") = 0.0, py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0,
         py::arg("bias_correction2") = 1.0, "Fused bag gradient + sparse optimizer step; see embtab.optim.");
+  m.def("optim_step_bags_multi", &optim_step_bags_multi, py::arg("kind"), py::arg("tables"), py::arg("states1"),
+        py::arg("states2"), py::arg("grad_out"), py::arg("ids"), py::arg("offsets"),
+        py::arg("feature_tables") = py::none(), py::arg("mode") = "sum", py::arg("weights") = py::none(),
+        py::arg("params") = py::list(), "One fused step of many tables; see embtab.optim.step_bags_multi.");
 }
 
 }  // namespace bind

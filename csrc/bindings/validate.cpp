@@ -224,6 +224,123 @@ bool check_bag_weights(const py::object& weights_obj, PoolMode mode, const py::d
   return true;
 }
 
+namespace {
+
+std::string item_name(const char* name, std::size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
+
+// A str, or a sequence of them (never a str's characters).
+std::vector<std::string> strings(const py::object& obj, std::size_t count, const char* name) {
+  if (py::isinstance<py::str>(obj)) return std::vector<std::string>(count, obj.cast<std::string>());
+  if (!py::isinstance<py::sequence>(obj))
+    throw py::type_error(std::string(name) + " must be a str or a sequence of str, got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  const py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
+  if (seq.size() != count)
+    throw py::value_error(std::string(name) + " must have one entry per feature (" + std::to_string(count) +
+                          "), got " + std::to_string(seq.size()));
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < count; ++i) {
+    const py::object item = seq[i];
+    if (!py::isinstance<py::str>(item)) throw py::type_error(item_name(name, i) + " must be a str");
+    out.push_back(item.cast<std::string>());
+  }
+  return out;
+}
+
+}  // namespace
+
+MultiBatch check_multi_batch(const py::handle& tables_obj, const py::handle& ids_obj, const py::handle& offsets_obj,
+                             const py::object& feature_tables_obj, const py::object& modes_obj,
+                             const py::object& weights_obj, bool in_place) {
+  MultiBatch m;
+  if (!py::isinstance<py::sequence>(tables_obj) || py::isinstance<py::str>(tables_obj))
+    throw py::type_error("tables must be a sequence of numpy arrays, got " +
+                         py::str(py::type::of(tables_obj).attr("__name__")).cast<std::string>());
+  const py::sequence tables = py::reinterpret_borrow<py::sequence>(tables_obj);
+  if (tables.size() == 0) throw py::value_error("tables must not be empty");
+  m.row_base.push_back(0);
+  for (std::size_t t = 0; t < tables.size(); ++t) {
+    const std::string name = item_name("tables", t);
+    py::array table = require_array(tables[t], name.c_str());
+    const FloatKind kind = require_float(table, name.c_str());
+    if (t == 0) m.kind = kind;
+    if (kind != m.kind)
+      throw py::type_error(name + " must have the dtype of tables[0] (" + dtype_str(m.tables[0]) + "), got " +
+                           dtype_str(table));
+    require_ndim(table, 2, name.c_str());
+    if (in_place) {
+      if (!(table.flags() & py::array::c_style))
+        throw py::value_error(name + " must be C-contiguous (it is updated in place, never copied)");
+      if (!table.writeable()) throw py::value_error(name + " is read-only (it is updated in place)");
+      const char* begin = static_cast<const char*>(table.data());
+      for (std::size_t u = 0; u < t; ++u) {
+        const char* other = static_cast<const char*>(m.tables[u].data());
+        if (begin < other + m.tables[u].nbytes() && other < begin + table.nbytes())
+          throw py::value_error(name + " shares memory with " + item_name("tables", u) +
+                                " (each table is updated once per step)");
+      }
+    } else {
+      table = c_contiguous(table);
+    }
+    m.num_rows.push_back(table.shape(0));
+    m.dims.push_back(table.shape(1));
+    m.row_base.push_back(m.row_base.back() + table.shape(0));
+    m.tables.push_back(table);
+  }
+  const std::int64_t num_tables = static_cast<std::int64_t>(m.tables.size());
+  if (feature_tables_obj.is_none()) {
+    for (std::int64_t t = 0; t < num_tables; ++t) m.feature_table.push_back(t);
+  } else {
+    if (!py::isinstance<py::sequence>(feature_tables_obj))
+      throw py::type_error("feature_tables must be a sequence of table indices");
+    const py::sequence seq = py::reinterpret_borrow<py::sequence>(feature_tables_obj);
+    for (std::size_t f = 0; f < seq.size(); ++f) {
+      const py::object item = seq[f];
+      if (!py::isinstance<py::int_>(item) || py::isinstance<py::bool_>(item))
+        throw py::type_error(item_name("feature_tables", f) + " must be an int");
+      const std::int64_t t = item.cast<std::int64_t>();
+      if (t < 0 || t >= num_tables)
+        throw py::value_error(item_name("feature_tables", f) + " = " + std::to_string(t) + " is not a table index (" +
+                              std::to_string(num_tables) + " tables)");
+      m.feature_table.push_back(t);
+    }
+    if (m.feature_table.empty()) throw py::value_error("feature_tables must not be empty");
+  }
+  m.num_features = static_cast<std::int64_t>(m.feature_table.size());
+  for (std::int64_t f = 0; f < m.num_features; ++f) {
+    m.feature_col.push_back(m.width);
+    m.width += m.dims[static_cast<std::size_t>(m.feature_table[static_cast<std::size_t>(f)])];
+  }
+  m.ids = check_ids(ids_obj);
+  require_ndim(m.ids.array, 1, "ids");
+  m.offsets = check_offsets(offsets_obj, m.ids.n);
+  const std::int64_t num_bags = static_cast<std::int64_t>(m.offsets.size()) - 1;
+  if (num_bags % m.num_features != 0)
+    throw py::value_error("offsets must have num_features * batch + 1 entries (" + std::to_string(m.num_features) +
+                          " features), got " + std::to_string(num_bags + 1));
+  m.batch = num_bags / m.num_features;
+  for (const std::string& mode : strings(modes_obj, static_cast<std::size_t>(m.num_features), "mode")) {
+    const PoolMode p = parse_mode(mode);
+    if (p == PoolMode::max) throw py::value_error("multi-table bags pool with mode 'sum' or 'mean', got 'max'");
+    m.modes.push_back(p);
+  }
+  m.has_weights = check_bag_weights(weights_obj, PoolMode::sum, m.tables[0].dtype(),
+                                    "the tables' dtype " + dtype_str(m.tables[0]), m.ids.array, &m.weights);
+  return m;
+}
+
+void throw_bad_multi_id(const MultiBatch& batch, std::int64_t pos) {
+  std::int64_t f = 0;
+  while (f + 1 < batch.num_features && batch.offsets[static_cast<std::size_t>((f + 1) * batch.batch)] <= pos) ++f;
+  const std::size_t t = static_cast<std::size_t>(batch.feature_table[static_cast<std::size_t>(f)]);
+  try {
+    throw_bad_id(batch.ids.array, pos, batch.num_rows[t]);
+  } catch (py::index_error& e) {
+    throw py::index_error(std::string(e.what()) + " (feature " + std::to_string(f) + ", table " + std::to_string(t) +
+                          ")");
+  }
+}
+
 void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows, const char* name) {
   const py::array flat = c_contiguous(ids);
   std::int64_t value = 0;

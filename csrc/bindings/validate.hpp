@@ -113,6 +113,30 @@ py::object lookup_result(const py::array& out, const py::object& argmax, bool ze
 bool check_bag_weights(const py::object& weights_obj, PoolMode mode, const py::dtype& dtype,
                        const std::string& dtype_owner, const py::array& ids, py::array* weights);
 
+// A multi-table batch (kernels/multi.hpp), checked in this order: tables (a non-empty sequence of
+// 2-D arrays of one float dtype; with `in_place` each must be C-contiguous and writeable, and no two
+// may share memory, else each is made C-contiguous), feature_tables (None: one feature per table),
+// ids (1-D), offsets (CSR over num_features * batch bags), modes ("sum" / "mean", one string or one
+// per feature), weights (None or the tables' dtype, shape of ids).
+struct MultiBatch {
+  std::vector<py::array> tables;
+  FloatKind kind;
+  std::vector<std::int64_t> num_rows, dims, row_base;  // row_base: num_tables + 1 entries
+  std::vector<std::int64_t> feature_table, feature_col;
+  std::vector<PoolMode> modes;
+  std::int64_t num_features = 0, batch = 0, width = 0;  // width: the sum of the features' dims
+  Ids ids;
+  std::vector<std::int64_t> offsets;
+  py::array weights;  // valid when has_weights
+  bool has_weights = false;
+};
+MultiBatch check_multi_batch(const py::handle& tables_obj, const py::handle& ids_obj, const py::handle& offsets_obj,
+                             const py::object& feature_tables_obj, const py::object& modes_obj,
+                             const py::object& weights_obj, bool in_place);
+
+// Throws IndexError for a bad id of a multi-table batch, naming its table.
+[[noreturn]] void throw_bad_multi_id(const MultiBatch& batch, std::int64_t pos);
+
 // Throws IndexError for the id at flat position `pos` of `ids` (shape `shape`).
 [[noreturn]] void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows,
                                const char* name = "ids");

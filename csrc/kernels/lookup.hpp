@@ -40,6 +40,12 @@ struct LookupFns {
   std::int64_t (*bags)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids,
                        const std::int64_t* offsets, std::int64_t num_bags, const T* weights, PoolMode mode,
                        T* out, std::int64_t* argmax, const T* zero_row, std::int64_t* num_invalid);
+  // Bags [bag_begin, bag_end) on the calling thread, row b written at out + b * out_stride; mode sum
+  // or mean (weights optional). Ids are checked (returns -1 or the smallest bad position). For
+  // multi-table lookups (kernels/multi.hpp), which split all tables' bags between threads.
+  std::int64_t (*bags_block)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids,
+                             const std::int64_t* offsets, std::int64_t bag_begin, std::int64_t bag_end,
+                             const T* weights, PoolMode mode, T* out, std::int64_t out_stride);
 };
 
 struct LookupKernels {

@@ -195,9 +195,11 @@ EMBTAB_INLINE bool bag_in_registers(const Rows<T>& rows, const I* EMBTAB_RESTRIC
   return true;
 }
 
+// Output row b starts at out + b * out_stride (dim for one table; the width of the whole output
+// row for one table's block of a multi-table lookup).
 template <int D, PoolMode M, bool Weighted, bool Arg, class T, class I>
 void bags_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, const int64_t* offsets, int64_t bag_begin,
-                int64_t bag_end, const T* EMBTAB_RESTRICT weights, T* EMBTAB_RESTRICT out,
+                int64_t bag_end, const T* EMBTAB_RESTRICT weights, T* EMBTAB_RESTRICT out, int64_t out_stride,
                 int64_t* EMBTAB_RESTRICT argmax, bool stream) {
   const int64_t dim = rows.dim;
   const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
@@ -206,7 +208,7 @@ void bags_range(const Rows<T>& rows, const I* EMBTAB_RESTRICT ids, const int64_t
   constexpr bool kRegisters = D > 0 && D % kLanes == 0 && D / kLanes <= kMaxAccumulators && !Arg;
   for (int64_t b = bag_begin; b < bag_end; ++b) {
     const int64_t s = offsets[b], e = offsets[b + 1];
-    T* EMBTAB_RESTRICT o = out + b * dim;
+    T* EMBTAB_RESTRICT o = out + b * out_stride;
     int64_t* EMBTAB_RESTRICT am = Arg ? argmax + b * dim : nullptr;
     if (s == e) {
       row_zero<D>(o, dim);
@@ -282,7 +284,7 @@ int64_t bags_mode(const Rows<T>& table_rows, const I* ids, const int64_t* offset
     for (std::size_t c = c0; c < c1; ++c) {
       const int64_t b0 = bag_chunk_begin(offsets, num_bags, int64_t(c), chunks);
       const int64_t b1 = bag_chunk_begin(offsets, num_bags, int64_t(c) + 1, chunks);
-      if (b0 < b1) EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(rows, ids, offsets, b0, b1, weights, out, argmax, stream));
+      if (b0 < b1) EMBTAB_DISPATCH_DIM(dim, bags_range<D, M, Weighted, Arg>(rows, ids, offsets, b0, b1, weights, out, dim, argmax, stream));
     }
   });
   tune_end(ticket, static_cast<double>(total));
@@ -308,9 +310,32 @@ int64_t bags(const T* table, int64_t num_rows, int64_t dim, const I* ids, const 
   }
 }
 
+// Bags [bag_begin, bag_end) of one table on the calling thread, the per-bag code of bags() (sum or
+// mean, optionally weighted): the share of one thread in a multi-table lookup.
+template <class T, class I>
+int64_t bags_block(const T* table, int64_t num_rows, int64_t dim, const I* ids, const int64_t* offsets,
+                   int64_t bag_begin, int64_t bag_end, const T* weights, PoolMode mode, T* out, int64_t out_stride) {
+  int64_t first_bad = -1;
+  const Rows<T> rows{table, num_rows, dim, InvalidIds{nullptr, &first_bad, nullptr}};
+  if (bag_begin >= bag_end) return -1;
+  const bool mean = mode == PoolMode::mean;
+  if (weights) {
+    if (mean)
+      EMBTAB_DISPATCH_DIM(dim, bags_range<D, PoolMode::mean, true, false>(rows, ids, offsets, bag_begin, bag_end, weights, out, out_stride, nullptr, false));
+    else
+      EMBTAB_DISPATCH_DIM(dim, bags_range<D, PoolMode::sum, true, false>(rows, ids, offsets, bag_begin, bag_end, weights, out, out_stride, nullptr, false));
+  } else {
+    if (mean)
+      EMBTAB_DISPATCH_DIM(dim, bags_range<D, PoolMode::mean, false, false>(rows, ids, offsets, bag_begin, bag_end, weights, out, out_stride, nullptr, false));
+    else
+      EMBTAB_DISPATCH_DIM(dim, bags_range<D, PoolMode::sum, false, false>(rows, ids, offsets, bag_begin, bag_end, weights, out, out_stride, nullptr, false));
+  }
+  return first_bad;
+}
+
 template <class T, class I>
 constexpr LookupFns<T, I> fns() {
-  return LookupFns<T, I>{&gather<T, I>, &bags<T, I>};
+  return LookupFns<T, I>{&gather<T, I>, &bags<T, I>, &bags_block<T, I>};
 }
 
 const LookupKernels kTable{fns<float, std::int32_t>(), fns<float, std::int64_t>(), fns<double, std::int32_t>(),

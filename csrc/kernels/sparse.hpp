@@ -43,6 +43,12 @@ struct SparseIndexFns {
   // Returns -1 and fills `plan` (pointing into `buffers`) on success, else the smallest bad position.
   std::int64_t (*plan)(const I* ids, std::int64_t n, std::int64_t num_rows, const PlanBuffers& buffers,
                        SparsePlan& plan);
+  // Multi-table batches (kernels/multi.hpp layout): global[p] = row_base[t] + ids[p] for the table t
+  // of p's feature, so that one plan covers every table (table t's rows follow table t - 1's).
+  // Checks 0 <= ids[p] < num_rows[t] first: returns -1, or the smallest bad position.
+  std::int64_t (*global_ids)(const I* ids, const std::int64_t* offsets, std::int64_t num_features,
+                             std::int64_t batch, const std::int64_t* feature_table, const std::int64_t* num_rows,
+                             const std::int64_t* row_base, std::int64_t* global);
 };
 
 // Where the gradient of one position comes from.
@@ -101,9 +107,28 @@ struct ScatterFns {
                               const T* values);
 };
 
+// The gradient of a multi-table lookup (kernels/multi.hpp): bag g = f * batch + b of feature f takes
+// row b of grad_out at columns feature_col[f] ...; mean features divide by the bag's length.
+template <class T>
+struct MultiGradSource {
+  std::int64_t batch = 0;
+  const T* grad_out = nullptr;  // batch x stride
+  std::int64_t stride = 0;
+  const std::int64_t* feature_col = nullptr;    // per feature
+  const unsigned char* feature_mean = nullptr;  // per feature
+  const std::int64_t* bag_of = nullptr;         // n: the bag of each position
+  const std::int64_t* offsets = nullptr;        // num_features * batch + 1
+  const T* weights = nullptr;                   // nullptr or n
+};
+
 template <class T>
 struct SparseFns {
   void (*reduce)(const SparsePlan& plan, const GradSource<T>& source, const Update<T>& update);
+  // One update of every table of a multi-table batch, in one parallel region over the rows of all
+  // tables. `plan` is over global ids (SparseIndexFns::global_ids); table t owns global rows
+  // [row_base[t], row_base[t + 1]), has row length dims[t] and is updated as updates[t] says.
+  void (*reduce_multi)(const SparsePlan& plan, const MultiGradSource<T>& source, const Update<T>* updates,
+                       const std::int64_t* dims, const std::int64_t* row_base, std::int64_t num_tables);
 };
 
 // bag_of[p] = b for offsets[b] <= p < offsets[b + 1].

@@ -284,14 +284,37 @@ EMBTAB_INLINE void prefetch_bag_rows(const int64_t* order, const int64_t* bag_of
     prefetch_row(static_cast<const char*>(rows) + bag_of[order[p + ahead]] * row_bytes, row_bytes);
 }
 
+// Where the gradient row of bag b is, and whether the bag is a mean: one table (grad_out's rows one
+// after the other) or a multi-table batch (kernels/multi.hpp: a column block of a wider row).
 template <class T>
-struct BagsSource {
+struct OneTableBags {
   const T* grad_out;
+  int64_t dim;
+  bool mean_bags;
+  EMBTAB_INLINE const T* row(int64_t b) const { return grad_out + b * dim; }
+  EMBTAB_INLINE bool mean(int64_t) const { return mean_bags; }
+};
+
+template <class T>
+struct MultiTableBags {
+  const T* grad_out;
+  int64_t stride, batch;
+  const int64_t* feature_col;
+  const unsigned char* feature_mean;
+  EMBTAB_INLINE const T* row(int64_t b) const {
+    const int64_t f = b / batch;
+    return grad_out + (b - f * batch) * stride + feature_col[f];
+  }
+  EMBTAB_INLINE bool mean(int64_t b) const { return feature_mean[b / batch] != 0; }
+};
+
+template <class T, class Layout>
+struct BagsSource {
+  Layout layout;
   const int64_t* order;
   const int64_t* bag_of;
   const int64_t* offsets;
   const T* weights;
-  bool mean;
   int64_t dim, ahead;
 
   template <int D>
@@ -301,9 +324,9 @@ struct BagsSource {
       prefetch_bag(p, p_end);
       const int64_t pos = order[p];
       const int64_t b = bag_of[pos];
-      const T* EMBTAB_RESTRICT src = grad_out + b * dim;
+      const T* EMBTAB_RESTRICT src = layout.row(b);
       const bool first = p == p0;
-      if (!mean) {
+      if (!layout.mean(b)) {
         if (weights) {
           if (first)
             row_scale_copy_from_zero<D>(g, src, weights[pos], dim);
@@ -328,8 +351,11 @@ struct BagsSource {
       }
     }
   }
+  // Positions come in row order, so their bags are random: prefetch the bag of a position 2 * ahead
+  // positions on, and the gradient row of the one `ahead` positions on.
   EMBTAB_INLINE void prefetch_bag(int64_t p, int64_t p_end) const {
-    prefetch_bag_rows(order, bag_of, grad_out, dim * int64_t(sizeof(T)), p, ahead, p_end);
+    if (p + 2 * ahead < p_end) __builtin_prefetch(bag_of + order[p + 2 * ahead], 0, 3);
+    if (p + ahead < p_end) prefetch_row(layout.row(bag_of[order[p + ahead]]), dim * int64_t(sizeof(T)));
   }
 };
 
@@ -565,40 +591,38 @@ void reduce_with(const SparsePlan& plan, const Source& source, const Upd& upd, i
   });
 }
 
-template <class T, class Source>
-void reduce_source(const SparsePlan& plan, const Source& source, const Update<T>& u, int64_t dim) {
+// Calls f with the update functor of u's kind (the double parameters rounded to T here, once).
+template <class T, class F>
+void with_update(const Update<T>& u, int64_t dim, F&& f) {
   switch (u.kind) {
     case UpdateKind::sgd:
-      reduce_with<T>(plan, source, SgdUpdate<T>{u.table, static_cast<T>(-u.lr), dim}, dim);
+      f(SgdUpdate<T>{u.table, static_cast<T>(-u.lr), dim});
       break;
     case UpdateKind::adagrad:
-      reduce_with<T>(plan, source,
-                     AdagradUpdate<T>{u.table, u.state1, static_cast<T>(-u.lr), static_cast<T>(u.eps), dim}, dim);
+      f(AdagradUpdate<T>{u.table, u.state1, static_cast<T>(-u.lr), static_cast<T>(u.eps), dim});
       break;
     case UpdateKind::rowwise_adagrad:
-      reduce_with<T>(plan, source,
-                     RowwiseAdagradUpdate<T>{u.table, u.state1, static_cast<T>(u.lr), static_cast<T>(u.eps),
-                                             static_cast<T>(u.weight_decay), dim},
-                     dim);
+      f(RowwiseAdagradUpdate<T>{u.table, u.state1, static_cast<T>(u.lr), static_cast<T>(u.eps),
+                                static_cast<T>(u.weight_decay), dim});
       break;
     case UpdateKind::adam:
-      reduce_with<T>(plan, source,
-                     AdamUpdate<T>{u.table, u.state1, u.state2, static_cast<T>(-u.lr), static_cast<T>(1.0 - u.beta1),
-                                   static_cast<T>(1.0 - u.beta2), static_cast<T>(u.eps), dim},
-                     dim);
+      f(AdamUpdate<T>{u.table, u.state1, u.state2, static_cast<T>(-u.lr), static_cast<T>(1.0 - u.beta1),
+                      static_cast<T>(1.0 - u.beta2), static_cast<T>(u.eps), dim});
       break;
     case UpdateKind::adamw:
-      reduce_with<T>(plan, source,
-                     AdamWUpdate<T>{u.table, u.state1, u.state2, static_cast<T>(1.0 - u.weight_decay),
-                                    static_cast<T>(-u.lr), static_cast<T>(1.0 - u.beta1), static_cast<T>(u.beta2),
-                                    static_cast<T>(1.0 - u.beta2), static_cast<T>(u.bias_correction2),
-                                    static_cast<T>(u.eps), dim},
-                     dim);
+      f(AdamWUpdate<T>{u.table, u.state1, u.state2, static_cast<T>(1.0 - u.weight_decay), static_cast<T>(-u.lr),
+                       static_cast<T>(1.0 - u.beta1), static_cast<T>(u.beta2), static_cast<T>(1.0 - u.beta2),
+                       static_cast<T>(u.bias_correction2), static_cast<T>(u.eps), dim});
       break;
     default:
-      reduce_with<T>(plan, source, StoreUpdate<T>{u.out}, dim);
+      f(StoreUpdate<T>{u.out});
       break;
   }
+}
+
+template <class T, class Source>
+void reduce_source(const SparsePlan& plan, const Source& source, const Update<T>& u, int64_t dim) {
+  with_update(u, dim, [&](const auto& upd) { reduce_with<T>(plan, source, upd, dim); });
 }
 
 template <class T>
@@ -608,8 +632,10 @@ void reduce(const SparsePlan& plan, const GradSource<T>& s, const Update<T>& u) 
   const int64_t ahead = prefetch_distance(dim * int64_t(sizeof(T)));
   switch (s.kind) {
     case SourceKind::bags:
-      reduce_source(plan, BagsSource<T>{s.grad_out, plan.order, s.bag_of, s.offsets, s.weights, s.mean, dim, ahead}, u,
-                    dim);
+      reduce_source(plan,
+                    BagsSource<T, OneTableBags<T>>{OneTableBags<T>{s.grad_out, dim, s.mean}, plan.order, s.bag_of,
+                                                   s.offsets, s.weights, dim, ahead},
+                    u, dim);
       break;
     case SourceKind::bags_max:
       reduce_source(plan, MaxSource<T>{s.grad_out, plan.order, s.bag_of, s.argmax, dim, ahead}, u, dim);
@@ -618,6 +644,42 @@ void reduce(const SparsePlan& plan, const GradSource<T>& s, const Update<T>& u) 
       reduce_source(plan, ValuesSource<T>{s.values, plan.order, dim, ahead}, u, dim);
       break;
   }
+}
+
+// Multi-table batches: chunks of the unique rows (all tables' together, in global order) go to the
+// threads; a chunk walks its rows table by table, each run of one table's rows reduced as the
+// single-table kernel does, on a view of the plan whose rows are that table's own ids.
+template <class T>
+void reduce_multi(const SparsePlan& plan, const MultiGradSource<T>& s, const Update<T>* updates, const int64_t* dims,
+                  const int64_t* row_base, int64_t num_tables) {
+  if (plan.num_unique <= 0 || num_tables <= 0) return;
+  int64_t max_dim = 1;
+  for (int64_t t = 0; t < num_tables; ++t) max_dim = max_of(max_dim, dims[t]);
+  const int64_t chunks = num_chunks((plan.n + plan.num_unique) * max_dim, 32768);
+  for_chunks(chunks, [&](int64_t c) {
+    const int64_t k0 = bag_chunk_begin(plan.seg, plan.num_unique, c, chunks);
+    const int64_t k1 = bag_chunk_begin(plan.seg, plan.num_unique, c + 1, chunks);
+    if (k0 >= k1) return;
+    Scratch<T> buf(max_dim + kCacheLine);
+    T* row = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(buf.p) + kCacheLine - 1) &
+                                  ~static_cast<std::uintptr_t>(kCacheLine - 1));
+    Scratch<int64_t> local(k1 - k0);
+    int64_t t = 0;
+    for (int64_t k = k0; k < k1;) {
+      while (plan.rows[k] >= row_base[t + 1]) ++t;
+      int64_t end = k;
+      for (; end < k1 && plan.rows[end] < row_base[t + 1]; ++end) local.p[end - k0] = plan.rows[end] - row_base[t];
+      const SparsePlan view{plan.n, end - k, plan.order, plan.seg + k, local.p + (k - k0)};
+      const int64_t dim = dims[t];
+      const BagsSource<T, MultiTableBags<T>> source{
+          MultiTableBags<T>{s.grad_out, s.stride, s.batch, s.feature_col, s.feature_mean}, plan.order, s.bag_of,
+          s.offsets, s.weights, dim, prefetch_distance(dim * int64_t(sizeof(T)))};
+      with_update(updates[t], dim, [&](const auto& upd) {
+        EMBTAB_DISPATCH_DIM(dim, reduce_range<D>(view, source, upd, 0, end - k, dim, row));
+      });
+      k = end;
+    }
+  });
 }
 
 void bag_of(const int64_t* offsets, int64_t num_bags, int64_t* out) {
@@ -711,9 +773,42 @@ int64_t scatter_add(T* target, int64_t num_rows, int64_t dim, const I* ids, int6
 
 // ---------------------------------------------------------------------------------------------
 
+// Multi-table batches: each id checked against its feature's table and shifted by the table's first
+// global row, reading each id once. Positions are split between threads; a chunk finds the feature
+// of its first position, then follows the features' boundaries.
+template <class I>
+int64_t global_ids(const I* ids, const int64_t* offsets, int64_t num_features, int64_t batch,
+                   const int64_t* feature_table, const int64_t* num_rows, const int64_t* row_base, int64_t* global) {
+  const int64_t n = offsets[num_features * batch];
+  if (n <= 0) return -1;
+  const int64_t chunks = num_chunks(n, 65536);
+  int64_t bad[kMaxChunks];
+  for_chunks(chunks, [&](int64_t c) {
+    int64_t b, e;
+    split(n, c, chunks, b, e);
+    bad[c] = -1;
+    if (b >= e) return;
+    int64_t f = 0;
+    while (f + 1 < num_features && offsets[(f + 1) * batch] <= b) ++f;
+    for (int64_t p = b; p < e; ++p) {
+      while (p >= offsets[(f + 1) * batch]) ++f;
+      const int64_t t = feature_table[f];
+      const int64_t id = static_cast<int64_t>(ids[p]);
+      if (static_cast<uint64_t>(id) >= static_cast<uint64_t>(num_rows[t])) {
+        bad[c] = p;
+        return;
+      }
+      global[p] = row_base[t] + id;
+    }
+  });
+  for (int64_t c = 0; c < chunks; ++c)
+    if (bad[c] >= 0) return bad[c];
+  return -1;
+}
+
 template <class I>
 constexpr SparseIndexFns<I> index_fns() {
-  return SparseIndexFns<I>{&plan<I>};
+  return SparseIndexFns<I>{&plan<I>, &global_ids<I>};
 }
 template <class T, class I>
 constexpr ScatterFns<T, I> scatter_fns() {
@@ -721,7 +816,7 @@ constexpr ScatterFns<T, I> scatter_fns() {
 }
 template <class T>
 constexpr SparseFns<T> value_fns() {
-  return SparseFns<T>{&reduce<T>};
+  return SparseFns<T>{&reduce<T>, &reduce_multi<T>};
 }
 
 const SparseKernels kTable{index_fns<std::int32_t>(),

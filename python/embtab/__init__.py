@@ -12,7 +12,7 @@ import os as _os
 from . import _core, layers, optim
 from ._checkpoint import CheckpointError, load, save
 from ._hashing import fasttext_hash, feature_hash, hash_buckets, murmur3_32, murmur3_128, subword_ngrams
-from ._lookup import gather, gather_bags
+from ._lookup import gather, gather_bags, gather_bags_multi
 from ._lowp import BFloat16Table, QuantizedTable, quantize_rows, to_bfloat16
 from ._runtime import available_simd_paths, get_num_threads, set_num_threads, set_simd_path, simd_path
 from ._similarity import most_similar
@@ -37,6 +37,7 @@ __all__ = [
     "feature_hash",
     "gather",
     "gather_bags",
+    "gather_bags_multi",
     "gather_bags_grad",
     "get_num_threads",
     "hash_buckets",

@@ -26,6 +26,15 @@ def gather_bags(
     return_argmax: bool = ...,
     bounds: str = ...,
 ) -> Any: ...
+def gather_bags_multi(
+    tables: Any,
+    ids: Any,
+    offsets: Any,
+    feature_tables: Any = ...,
+    mode: Any = ...,
+    weights: Any = ...,
+    out: Optional[NDArray[Any]] = ...,
+) -> NDArray[Any]: ...
 def scatter_add(target: NDArray[Any], ids: Any, values: Any) -> None: ...
 def coalesce(ids: Any, values: Any) -> Tuple[NDArray[Any], NDArray[Any]]: ...
 def bags_grad(
@@ -68,6 +77,19 @@ def optim_step_bags(
     beta2: float = ...,
     weight_decay: float = ...,
     bias_correction2: float = ...,
+) -> None: ...
+def optim_step_bags_multi(
+    kind: str,
+    tables: Any,
+    states1: Any,
+    states2: Any,
+    grad_out: Any,
+    ids: Any,
+    offsets: Any,
+    feature_tables: Any = ...,
+    mode: Any = ...,
+    weights: Any = ...,
+    params: Any = ...,
 ) -> None: ...
 def murmur3_32(keys: Any, seed: int = ...) -> NDArray[np.uint32]: ...
 def murmur3_128(keys: Any, seed: int = ...) -> NDArray[np.uint64]: ...

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Sequence, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -136,3 +136,61 @@ def gather_bags(
         table, as_ids(ids), offsets, mode, as_values(weights, table, "weights"), out, return_argmax, bounds
     )
 
+
+
+def gather_bags_multi(
+    tables: Sequence[ArrayLike],
+    ids: ArrayLike,
+    offsets: ArrayLike,
+    *,
+    feature_tables: Optional[Sequence[int]] = None,
+    mode: Union[PoolMode, Sequence[PoolMode]] = "sum",
+    weights: Optional[ArrayLike] = None,
+    out: Optional[NDArray[np.floating]] = None,
+) -> NDArray[np.floating]:
+    """Pooled lookups in many tables with one call: the forward pass of a TorchRec
+    ``EmbeddingBagCollection`` or an FBGEMM table-batched embedding.
+
+    A batch holds ``F`` features of ``B`` bags each, feature-major, as a TorchRec
+    ``KeyedJaggedTensor`` lays them out: bag ``b`` of feature ``f`` is
+    ``ids[offsets[f * B + b]:offsets[f * B + b + 1]]`` and pools rows of
+    ``tables[feature_tables[f]]``. Row ``b`` of the result holds the features' pooled rows side by
+    side (feature ``f`` at columns ``sum(dims of features < f)`` onwards), as a TorchRec
+    ``KeyedTensor``; each equals ``gather_bags`` of that feature's bags. One parallel region covers
+    every (feature, bag) pair.
+
+    Parameters
+    ----------
+    tables : sequence of ndarray, each (num_rows_t, dim_t), all float32 or all float64
+    ids : array_like of int32 or int64, 1-D
+        The ids of every bag of every feature, one after the other.
+    offsets : array_like of int32 or int64, shape (F * B + 1,)
+        CSR bag boundaries (``offsets[0] == 0``, non-decreasing, ``offsets[-1] == len(ids)``).
+    feature_tables : sequence of int, optional
+        The table of each feature (several features may share one); by default feature ``t``
+        uses table ``t``.
+    mode : {"sum", "mean"} or a sequence of them (one per feature)
+    weights : ndarray, optional
+        One per id, of the tables' dtype.
+    out : ndarray of shape (B, sum of the features' dims), optional
+        Written in place; the tables' dtype, C-contiguous, writeable.
+
+    Returns
+    -------
+    ndarray of shape (B, sum of the features' dims)
+
+    Raises
+    ------
+    IndexError
+        An id out of range for its feature's table (position, value, feature and table named).
+    TypeError
+        Tables of different or non-float dtypes, non-integer ids or offsets, weights/out of another
+        dtype.
+    ValueError
+        Bad shapes, offsets whose number of bags is not a multiple of the number of features, a
+        feature naming no table, mode "max" (TorchRec pools with sum or mean).
+    """
+    tables = [as_array(t, f"tables[{i}]") for i, t in enumerate(tables)] if isinstance(tables, (list, tuple)) else tables
+    return _core.gather_bags_multi(tables, as_ids(ids), as_ids(offsets, "offsets"), feature_tables, mode,
+                                   as_values(weights, tables[0] if isinstance(tables, list) and tables else None,
+                                             "weights"), as_array(out, "out"))

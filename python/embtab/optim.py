@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -35,7 +35,7 @@ from ._arrays import aligned_empty, aligned_zeros, as_array, as_ids, as_values
 from ._checkpoint import register_checkpointable
 from ._lookup import PoolMode, gather_bags
 
-__all__ = ["SGD", "Adagrad", "RowWiseAdagrad", "Adam", "AdamW"]
+__all__ = ["SGD", "Adagrad", "RowWiseAdagrad", "Adam", "AdamW", "step_bags_multi"]
 
 
 def _check_table(table: Any) -> NDArray[np.floating]:
@@ -452,3 +452,64 @@ class AdamW(Adam):
             "weight_decay": lr * _hyper("weight_decay", self.weight_decay),
             "bias_correction2": (1 - beta2**step) ** 0.5,  # as torch computes it
         }
+
+
+def step_bags_multi(
+    optimizers: Sequence[_SparseOptimizer],
+    grad_out: NDArray[np.floating],
+    ids: ArrayLike,
+    offsets: ArrayLike,
+    *,
+    feature_tables: Optional[Sequence[int]] = None,
+    mode: Union[PoolMode, Sequence[PoolMode]] = "sum",
+    weights: Optional[ArrayLike] = None,
+) -> None:
+    """One fused step of many tables: the backward pass of :func:`embtab.gather_bags_multi` and
+    the update of every table, in one call (as FBGEMM's table-batched embeddings fuse them).
+
+    ``optimizers[t]`` holds table ``t`` (they must all be of one class; each keeps its own state,
+    hyperparameters and step count, and each takes exactly one step). A row used by several bags or
+    by several features of its table is updated once, with its summed gradient, as
+    ``optimizers[t].step_bags`` would do with all of its table's bags. Every id is checked against
+    its table before anything is written.
+
+    Parameters
+    ----------
+    optimizers : sequence of embtab.optim optimizers, one per table, all of one class
+    grad_out : ndarray, shape (B, sum of the features' dims), the tables' dtype
+        The gradient of the loss with respect to the output of ``gather_bags_multi``.
+    ids, offsets, feature_tables, mode, weights :
+        The arguments of the forward :func:`embtab.gather_bags_multi` call (mode "sum" or "mean").
+
+    Raises
+    ------
+    IndexError
+        An id out of range for its table (nothing is updated).
+    TypeError
+        Optimizers of different classes; dtypes as :func:`embtab.gather_bags_multi`.
+    ValueError
+        Shapes as :func:`embtab.gather_bags_multi`; ``grad_out`` not of the output's shape; two
+        optimizers over the same table.
+    """
+    tables = [opt.table for opt in optimizers]
+    _step_bags_multi_into(optimizers, tables, [opt._state_arrays() for opt in optimizers], grad_out, ids, offsets,
+                          feature_tables, mode, weights)
+
+
+def _step_bags_multi_into(optimizers: Sequence[_SparseOptimizer], tables: List[Any], states: List[Any],
+                          grad_out: Any, ids: Any, offsets: Any, feature_tables: Any, mode: Any, weights: Any) -> None:
+    """:func:`step_bags_multi` on the given tables and state arrays (embtab.torch passes the tensors
+    torch hands its fused backward)."""
+    kinds = {type(opt) for opt in optimizers}
+    if len(kinds) > 1:
+        raise TypeError(f"optimizers must all be of one class, got {sorted(k.__name__ for k in kinds)}")
+    if not optimizers:
+        raise ValueError("optimizers must not be empty")
+    steps = [opt._next_step() for opt in optimizers]
+    params = [opt._params(step) for opt, step in zip(optimizers, steps)]
+    _core.optim_step_bags_multi(
+        optimizers[0]._kind, tables, [s[0] for s in states], [s[1] for s in states], as_array(grad_out, "grad_out"),
+        as_ids(ids), as_ids(offsets, "offsets"), feature_tables, mode,
+        as_values(weights, grad_out, "weights"), params)
+    for opt, step in zip(optimizers, steps):
+        opt._finish_step(step)

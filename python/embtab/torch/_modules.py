@@ -57,19 +57,25 @@ class FusedOptimizer(torch.optim.Optimizer):
     """The optimizer that a module in fused mode applies inside ``backward()``, seen as a
     ``torch.optim.Optimizer`` so that learning rate schedulers work unchanged.
 
-    Its one parameter group holds the module's weight and the hyperparameters of the embtab
-    optimizer (``lr``, ``eps``, ...); each fused update reads them from ``param_groups[0]``, so a
-    change (by hand or by a scheduler) applies from the next backward on. :meth:`step` and
-    :meth:`zero_grad` do nothing: the update already happened, and no gradient is kept. The state
-    (accumulators, moments, the step count) lives in the module and its ``state_dict()``.
+    Its one parameter group holds the module's weights (one per table) and the hyperparameters of
+    the embtab optimizers (``lr``, ``eps``, ...); each fused update reads them from
+    ``param_groups[0]``, so a change (by hand or by a scheduler) applies from the next backward on.
+    :meth:`step` and :meth:`zero_grad` do nothing: the update already happened, and no gradient is
+    kept. The state (accumulators, moments, the step count) lives in the module and its
+    ``state_dict()``.
     """
 
-    def __init__(self, weight: nn.Parameter, optimizer: Any) -> None:
-        self.optimizer = optimizer  # the embtab optimizer: update rule, hyperparameters, step count
-        super().__init__([weight], self.hyperparameters())
+    def __init__(self, weights: List[nn.Parameter], optimizers: List[Any]) -> None:
+        self.optimizers = optimizers  # one embtab optimizer per table: update rule, hyperparameters, step count
+        super().__init__(list(weights), self.hyperparameters())
+
+    @property
+    def optimizer(self) -> Any:
+        """The embtab optimizer of the first (for Embedding and EmbeddingBag: the only) table."""
+        return self.optimizers[0]
 
     def hyperparameters(self) -> Dict[str, Any]:
-        return {k: v for k, v in vars(self.optimizer).items()
+        return {k: v for k, v in vars(self.optimizers[0]).items()
                 if isinstance(v, (int, float, tuple)) and not isinstance(v, bool)}
 
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
@@ -78,13 +84,24 @@ class FusedOptimizer(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass
 
+    def _sync(self) -> None:
+        group = self.param_groups[0]
+        for opt in self.optimizers:
+            for key in self.defaults:
+                setattr(opt, key, group[key])
+
     def apply_fused_step(self, table: Any, state: List[Any], grad_out: Any, ids: Any, offsets: Any, mode: str,
                          weights: Any, argmax: Any) -> None:
-        group = self.param_groups[0]
-        for key in self.defaults:
-            setattr(self.optimizer, key, group[key])
+        self._sync()
         arrays = (list(state) + [None, None])[:2]
         self.optimizer._step_bags_into(table, tuple(arrays), grad_out, ids, offsets, mode, weights, argmax)
+
+    def apply_fused_multi_step(self, tables: List[Any], states: List[List[Any]], grad_out: Any, ids: Any,
+                               offsets: Any, feature_tables: List[int], modes: List[str], weights: Any) -> None:
+        self._sync()
+        arrays = [tuple((list(s) + [None, None])[:2]) for s in states]
+        _optim._step_bags_multi_into(self.optimizers, tables, arrays, grad_out, ids, offsets, feature_tables, modes,
+                                     weights)
 
 
 def make_optimizer(table: Any, optimizer: Any, optimizer_kwargs: Optional[Dict[str, Any]]) -> Any:
@@ -99,13 +116,13 @@ def make_optimizer(table: Any, optimizer: Any, optimizer_kwargs: Optional[Dict[s
 
 
 class OptimizerState(nn.Module):
-    """Buffers of a fused optimizer's state arrays (sharing their memory), and its step count and
-    hyperparameters as extra state, so that ``state_dict()`` carries all of it."""
+    """Buffers of one table's fused optimizer state arrays (sharing their memory), and its step
+    count and hyperparameters as extra state, so that ``state_dict()`` carries all of it."""
 
-    def __init__(self, fused: FusedOptimizer) -> None:
+    def __init__(self, fused: FusedOptimizer, index: int) -> None:
         super().__init__()
-        self._fused = fused
-        opt = fused.optimizer
+        self._fused, self._index = fused, index
+        opt = fused.optimizers[index]
         self.names: List[str] = []
         for array in opt._state_arrays():
             if array is None:
@@ -118,13 +135,13 @@ class OptimizerState(nn.Module):
         return [getattr(self, name) for name in self.names]
 
     def get_extra_state(self) -> Dict[str, Any]:
-        opt = self._fused.optimizer
+        opt = self._fused.optimizers[self._index]
         scalars = {k: v for k, v in opt.state.items() if not isinstance(v, np.ndarray)}
         return {"optimizer": type(opt).__name__, "scalars": scalars, "param_group": dict(
             (k, self._fused.param_groups[0][k]) for k in self._fused.defaults)}
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
-        opt = self._fused.optimizer
+        opt = self._fused.optimizers[self._index]
         if state.get("optimizer") != type(opt).__name__:
             raise ValueError(f"the state_dict holds the state of a {state.get('optimizer')} optimizer, "
                              f"this module fuses {type(opt).__name__}")
@@ -175,8 +192,8 @@ class TableModule(nn.Module):
             self.weight.register_post_accumulate_grad_hook(mark_coalesced)
         if optimizer is not None:
             table = view(self.weight, "weight")
-            self.fused_optimizer = FusedOptimizer(self.weight, make_optimizer(table, optimizer, optimizer_kwargs))
-            self.optimizer_state = OptimizerState(self.fused_optimizer)
+            self.fused_optimizer = FusedOptimizer([self.weight], [make_optimizer(table, optimizer, optimizer_kwargs)])
+            self.optimizer_state = OptimizerState(self.fused_optimizer, 0)
             self._handle = register_fused(self.fused_optimizer)
             self._gradient = "fused"
 

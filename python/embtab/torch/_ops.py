@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import _core
-from .._lookup import gather, gather_bags
+from .._lookup import gather, gather_bags, gather_bags_multi
 from ._convert import sync_threads, tensor, view
 
 _NO_ARGMAX = np.zeros(0, np.int64)
@@ -301,6 +301,201 @@ def _(weight, state, grad_out, ids, offsets, per_sample_weights, argmax, pooling
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# EmbeddingBagCollection: many tables in one call (embtab.gather_bags_multi). A batch holds F
+# features of B bags each, feature-major; feature f pools rows of weights[feature_tables[f]] and
+# fills its columns of the (B, sum of the features' dims) output, feature after feature. The
+# backward operators take each table's (num_rows, dim) as `shapes` ([n0, d0, n1, d1, ...]).
+
+
+def _views(tensors: List[Tensor], name: str) -> List[Any]:
+    return [view(t, f"{name}[{i}]") for i, t in enumerate(tensors)]
+
+
+def _modes(mean_pooling: List[bool]) -> List[str]:
+    """Operator schemas have no list of str: poolings travel as "is it a mean" flags."""
+    return ["mean" if mean else "sum" for mean in mean_pooling]
+
+
+@torch.library.custom_op("embtab::embedding_bag_collection", mutates_args=())
+def embedding_bag_collection(weights: List[Tensor], ids: Tensor, offsets: Tensor,
+                             per_sample_weights: Optional[Tensor], state: List[Tensor], feature_tables: List[int],
+                             mean_pooling: List[bool], gradient: str, handle: int) -> Tensor:
+    """Every feature's bags pooled, side by side: (B, sum of the features' dims)."""
+    sync_threads()
+    out = gather_bags_multi(_views(weights, "weights"), view(ids, "values"), view(offsets, "offsets"),
+                            feature_tables=feature_tables, mode=_modes(mean_pooling),
+                            weights=view(per_sample_weights, "weights"))
+    return tensor(out)
+
+
+@embedding_bag_collection.register_fake
+def _(weights, ids, offsets, per_sample_weights, state, feature_tables, mean_pooling, gradient, handle):
+    batch = (offsets.shape[0] - 1) // max(len(feature_tables), 1)
+    width = sum(weights[t].shape[1] for t in feature_tables)
+    return weights[0].new_empty((batch, width))
+
+
+def _collection_setup(ctx, inputs, output):
+    weights, ids, offsets, per_sample_weights, state, feature_tables, mean_pooling, gradient, handle = inputs
+    shapes = [n for w in weights for n in w.shape]
+    ctx.options = (list(feature_tables), list(mean_pooling), gradient, handle, shapes, len(weights))
+    ctx.keep_weights = gradient == "fused" or (per_sample_weights is not None and ctx.needs_input_grad[3])
+    ctx.save_for_backward(ids, offsets, per_sample_weights, *(weights if ctx.keep_weights else ()), *state)
+
+
+def _collection_backward(ctx, grad_out):
+    feature_tables, mean_pooling, gradient, handle, shapes, num_tables = ctx.options
+    ids, offsets, per_sample_weights, *rest = ctx.saved_tensors
+    weights, state = (rest[:num_tables], rest[num_tables:]) if ctx.keep_weights else ([], rest)
+    grad_out = grad_out.contiguous()
+    grad_psw = None
+    if per_sample_weights is not None and ctx.needs_input_grad[3]:
+        # Before a fused update moves the rows.
+        grad_psw = torch.ops.embtab.embedding_bag_collection_per_sample_weights_backward(
+            grad_out, list(weights), ids, offsets, feature_tables, mean_pooling)
+    args = (grad_out, ids, offsets, per_sample_weights, feature_tables, mean_pooling)
+    grad_weights: List[Optional[Tensor]] = [None] * num_tables
+    if gradient == "fused":
+        torch.ops.embtab.embedding_bag_collection_fused_step(list(weights), list(state), *args, handle)
+    elif gradient == "sparse":
+        parts = torch.ops.embtab.embedding_bag_collection_sparse_backward(*args, shapes)
+        grad_weights = [torch.sparse_coo_tensor(rows.unsqueeze(0), values, (shapes[2 * t], shapes[2 * t + 1]),
+                                                is_coalesced=True, check_invariants=False)
+                        for t, (rows, values) in enumerate(zip(parts[0::2], parts[1::2]))]
+    else:
+        grad_weights = list(torch.ops.embtab.embedding_bag_collection_backward(*args, shapes))
+    return grad_weights, None, None, grad_psw, [None] * len(state), None, None, None, None
+
+
+embedding_bag_collection.register_autograd(_collection_backward, setup_context=_collection_setup)
+
+
+class _Features:
+    """Where each feature of a collection batch is: its positions, bags and output columns."""
+
+    def __init__(self, offsets: Any, feature_tables: List[int], dims: List[int]) -> None:
+        self.offsets = offsets.astype(np.int64, copy=False)
+        self.num = len(feature_tables)
+        self.batch = (self.offsets.shape[0] - 1) // max(self.num, 1)
+        self.start = [int(self.offsets[f * self.batch]) for f in range(self.num + 1)]
+        self.cols = np.concatenate([[0], np.cumsum([dims[t] for t in feature_tables])]).astype(np.int64)
+
+    def bags(self, f: int) -> Any:
+        """Feature f's CSR offsets, from 0."""
+        return self.offsets[f * self.batch:(f + 1) * self.batch + 1] - self.start[f]
+
+
+def _collection_grads(grad_out, ids, offsets, per_sample_weights, feature_tables, mean_pooling, shapes) -> List[Any]:
+    """(rows, row gradients) per table: each table's features' bags together, so that a row used by
+    several features of its table gets one summed gradient."""
+    sync_threads()
+    grad, ids_np, weights_np = view(grad_out, "grad_out"), view(ids, "values"), view(per_sample_weights, "weights")
+    num_rows, dims = shapes[0::2], shapes[1::2]
+    feat = _Features(view(offsets, "offsets"), feature_tables, dims)
+    result = []
+    for t, n in enumerate(num_rows):
+        features = [f for f, ft in enumerate(feature_tables) if ft == t]
+        ids_t, grads_t, weights_t, offsets_t = [], [], [], [np.zeros(1, np.int64)]
+        for f in features:
+            span = slice(feat.start[f], feat.start[f + 1])
+            ids_t.append(ids_np[span])
+            weights_t.append(None if weights_np is None else weights_np[span])
+            grads_t.append(grad[:, feat.cols[f]:feat.cols[f + 1]])
+            offsets_t.append(feat.bags(f)[1:] + offsets_t[-1][-1])
+        if not features:
+            result.append((np.zeros(0, np.int64), np.zeros((0, dims[t]), grad.dtype)))
+            continue
+        result.append(_core.bags_grad(
+            np.ascontiguousarray(np.concatenate(grads_t)), np.concatenate(ids_t), np.concatenate(offsets_t),
+            _modes(mean_pooling)[features[0]], None if weights_np is None else np.concatenate(weights_t), None, n))
+    return result
+
+
+@torch.library.custom_op("embtab::embedding_bag_collection_backward", mutates_args=())
+def embedding_bag_collection_backward(grad_out: Tensor, ids: Tensor, offsets: Tensor,
+                                      per_sample_weights: Optional[Tensor], feature_tables: List[int],
+                                      mean_pooling: List[bool], shapes: List[int]) -> List[Tensor]:
+    """The dense gradient of every table."""
+    out = []
+    for (rows, grads), n, d in zip(_collection_grads(grad_out, ids, offsets, per_sample_weights, feature_tables,
+                                                     mean_pooling, shapes), shapes[0::2], shapes[1::2]):
+        dense = torch.zeros((n, d), dtype=grad_out.dtype)
+        dense.index_copy_(0, tensor(rows), tensor(grads))
+        out.append(dense)
+    return out
+
+
+@embedding_bag_collection_backward.register_fake
+def _(grad_out, ids, offsets, per_sample_weights, feature_tables, mean_pooling, shapes):
+    return [grad_out.new_empty((n, d)) for n, d in zip(shapes[0::2], shapes[1::2])]
+
+
+@torch.library.custom_op("embtab::embedding_bag_collection_sparse_backward", mutates_args=())
+def embedding_bag_collection_sparse_backward(grad_out: Tensor, ids: Tensor, offsets: Tensor,
+                                             per_sample_weights: Optional[Tensor], feature_tables: List[int],
+                                             mean_pooling: List[bool], shapes: List[int]) -> List[Tensor]:
+    """Every table's coalesced gradient: [rows_0, row_grads_0, rows_1, row_grads_1, ...]."""
+    return [tensor(a) for pair in _collection_grads(grad_out, ids, offsets, per_sample_weights, feature_tables,
+                                                    mean_pooling, shapes) for a in pair]
+
+
+@embedding_bag_collection_sparse_backward.register_fake
+def _(grad_out, ids, offsets, per_sample_weights, feature_tables, mean_pooling, shapes):
+    out = []
+    for d in shapes[1::2]:
+        k = torch.library.get_ctx().new_dynamic_size()
+        out += [ids.new_empty((k,), dtype=torch.int64), grad_out.new_empty((k, d))]
+    return out
+
+
+@torch.library.custom_op("embtab::embedding_bag_collection_per_sample_weights_backward", mutates_args=())
+def embedding_bag_collection_per_sample_weights_backward(grad_out: Tensor, weights: List[Tensor], ids: Tensor,
+                                                         offsets: Tensor, feature_tables: List[int],
+                                                         mean_pooling: List[bool]) -> Tensor:
+    """The gradient of every per-id weight: its row's dot product with its bag's output gradient
+    (divided by the bag's length for "mean")."""
+    sync_threads()
+    grad, ids_np = view(grad_out, "grad_out"), view(ids, "values")
+    tables = _views(weights, "weights")
+    feat = _Features(view(offsets, "offsets"), feature_tables, [t.shape[1] for t in tables])
+    out = np.zeros(ids_np.shape, grad.dtype)
+    for f, t in enumerate(feature_tables):
+        span = slice(feat.start[f], feat.start[f + 1])
+        lengths = np.diff(feat.bags(f))
+        bag_of = np.repeat(np.arange(feat.batch), lengths)
+        rows = gather(tables[t], ids_np[span])
+        dots = np.einsum("nd,nd->n", rows, grad[bag_of, feat.cols[f]:feat.cols[f + 1]])
+        out[span] = dots / np.maximum(lengths, 1)[bag_of] if mean_pooling[f] else dots
+    return tensor(out)
+
+
+@embedding_bag_collection_per_sample_weights_backward.register_fake
+def _(grad_out, weights, ids, offsets, feature_tables, mean_pooling):
+    return grad_out.new_empty(ids.shape)
+
+
+@torch.library.custom_op("embtab::embedding_bag_collection_fused_step", mutates_args=("weights", "state"))
+def embedding_bag_collection_fused_step(weights: List[Tensor], state: List[Tensor], grad_out: Tensor, ids: Tensor,
+                                        offsets: Tensor, per_sample_weights: Optional[Tensor],
+                                        feature_tables: List[int], mean_pooling: List[bool], handle: int) -> None:
+    """One fused step of every table (embtab.optim.step_bags_multi), in place."""
+    sync_threads()
+    per_table = len(state) // max(len(weights), 1)
+    states = _views(state, "state")
+    fused_owner(handle).apply_fused_multi_step(
+        _views(weights, "weights"), [states[t * per_table:(t + 1) * per_table] for t in range(len(weights))],
+        view(grad_out, "grad_out"), view(ids, "values"), view(offsets, "offsets"), feature_tables, _modes(mean_pooling),
+        view(per_sample_weights, "weights"))
+
+
+@embedding_bag_collection_fused_step.register_fake
+def _(weights, state, grad_out, ids, offsets, per_sample_weights, feature_tables, mean_pooling, handle):
+    return None
+
+
 # Every operator this module registers (tests run torch.library.opcheck on each).
 OPERATORS = ("embedding_bag", "embedding", "embedding_bag_backward", "embedding_bag_sparse_backward",
-             "embedding_bag_per_sample_weights_backward", "embedding_bag_fused_step")
+             "embedding_bag_per_sample_weights_backward", "embedding_bag_fused_step", "embedding_bag_collection",
+             "embedding_bag_collection_backward", "embedding_bag_collection_sparse_backward",
+             "embedding_bag_collection_per_sample_weights_backward", "embedding_bag_collection_fused_step")
