@@ -64,8 +64,52 @@ def test_opcheck_fused_step():
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
+def collection_args(gradient="dense", state=(), handle=-1, weights_grad=True):
+    torch.manual_seed(1)
+    weights = [torch.randn(10, 4, dtype=torch.float64, requires_grad=True),
+               torch.randn(6, 3, dtype=torch.float64, requires_grad=True)]
+    ids = torch.tensor([1, 9, 2, 0, 5, 5, 3, 4])  # features (t0, t1, t0), batch 2
+    offsets = torch.tensor([0, 2, 3, 5, 6, 6, 8])
+    psw = torch.randn(8, dtype=torch.float64, requires_grad=weights_grad)
+    return (weights, ids, offsets, psw, list(state), [0, 1, 0], [False, True, False], gradient, handle)
+
+
+@pytest.mark.parametrize("gradient", ["dense", "sparse"])
+def test_opcheck_embedding_bag_collection(gradient):
+    tests = ("test_schema", "test_faketensor", "test_aot_dispatch_dynamic") + (
+        ("test_autograd_registration",) if gradient == "dense" else ())
+    torch.library.opcheck(torch.ops.embtab.embedding_bag_collection.default, collection_args(gradient),
+                          test_utils=tests)
+
+
+def test_opcheck_collection_backward_operators():
+    weights, ids, offsets, psw, _, feature_tables, mean, *_ = collection_args()
+    grad_out = torch.randn(2, 11, dtype=torch.float64)
+    common = (grad_out, ids, offsets, psw.detach(), feature_tables, mean)
+    shapes = [10, 4, 6, 3]
+    torch.library.opcheck(torch.ops.embtab.embedding_bag_collection_backward.default, common + (shapes,))
+    torch.library.opcheck(torch.ops.embtab.embedding_bag_collection_sparse_backward.default, common + (shapes,))
+    torch.library.opcheck(torch.ops.embtab.embedding_bag_collection_per_sample_weights_backward.default,
+                          (grad_out, [w.detach() for w in weights], ids, offsets, feature_tables, mean))
+
+
+def test_opcheck_collection_fused_step():
+    ebc = et.EmbeddingBagCollection([et.TableConfig("a", 10, 4, ["x", "z"]), et.TableConfig("b", 6, 3, ["y"], "mean")],
+                                    optimizer=optim.Adam, optimizer_kwargs={"lr": 0.1}, dtype=torch.float64)
+    weights, ids, offsets, psw, *_ = collection_args()
+    # The collection's feature order is (x, z) of table a, then y of table b.
+    args = ([w.detach() for w in ebc._weights()], ebc._state(), torch.randn(2, 11, dtype=torch.float64), ids, offsets,
+            psw.detach(), [0, 0, 1], [False, False, True], ebc._handle)
+    torch.library.opcheck(torch.ops.embtab.embedding_bag_collection_fused_step.default, args)
+    forward = (ebc._weights(), ids, offsets, None, ebc._state(), [0, 0, 1], [False, False, True], "fused", ebc._handle)
+    torch.library.opcheck(torch.ops.embtab.embedding_bag_collection.default, forward,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+
+
 CHECKED = {"embedding_bag", "embedding", "embedding_bag_backward", "embedding_bag_sparse_backward",
-           "embedding_bag_per_sample_weights_backward", "embedding_bag_fused_step"}
+           "embedding_bag_per_sample_weights_backward", "embedding_bag_fused_step", "embedding_bag_collection",
+           "embedding_bag_collection_backward", "embedding_bag_collection_sparse_backward",
+           "embedding_bag_collection_per_sample_weights_backward", "embedding_bag_collection_fused_step"}
 
 
 def test_every_operator_is_checked():
@@ -80,10 +124,14 @@ class TinyModel(torch.nn.Module):
         torch.manual_seed(0)
         self.bag = et.EmbeddingBag(50, 8, "sum", optimizer=optim.RowWiseAdagrad, optimizer_kwargs={"lr": 0.1})
         self.emb = et.Embedding(20, 8, optimizer=optim.Adam, optimizer_kwargs={"lr": 0.01})
-        self.top = torch.nn.Linear(16, 1)
+        self.ebc = et.EmbeddingBagCollection([et.TableConfig("t", 30, 4, ["x", "y"], "mean")],
+                                             optimizer=optim.AdamW, optimizer_kwargs={"lr": 0.01})
+        self.top = torch.nn.Linear(24, 1)
 
     def forward(self, ids, offsets, user):
-        x = torch.cat([self.bag(ids, offsets), self.emb(user)], dim=1)
+        both = torch.cat([ids, ids.flip(0)]) % 30  # features x and y: 8 bags of 3 ids each
+        pooled = self.ebc(et.JaggedBatch(["x", "y"], both, offsets=torch.arange(0, 49, 3)))
+        x = torch.cat([self.bag(ids, offsets), self.emb(user), pooled.values()], dim=1)
         return self.top(torch.relu(x)).squeeze(1)
 
 

@@ -118,7 +118,8 @@ def _(weight, ids, offsets, per_sample_weights, state, pooling, padding_idx, inc
 def _bag_setup(ctx, inputs, output):
     weight, ids, offsets, per_sample_weights, state, pooling, padding_idx, include_last_offset, gradient, handle = inputs
     ctx.options = (pooling, padding_idx, include_last_offset, gradient, handle, weight.shape[0])
-    needs_weight_values = gradient == "fused" or (per_sample_weights is not None and ctx.needs_input_grad[3])
+    # (needs_input_grad is not final while torch.compile traces: keep the rows whenever weights are given.)
+    needs_weight_values = gradient == "fused" or per_sample_weights is not None
     ctx.save_for_backward(weight if needs_weight_values else None, ids, offsets, per_sample_weights, output[1],
                           *state)
 
@@ -340,7 +341,7 @@ def _collection_setup(ctx, inputs, output):
     weights, ids, offsets, per_sample_weights, state, feature_tables, mean_pooling, gradient, handle = inputs
     shapes = [n for w in weights for n in w.shape]
     ctx.options = (list(feature_tables), list(mean_pooling), gradient, handle, shapes, len(weights))
-    ctx.keep_weights = gradient == "fused" or (per_sample_weights is not None and ctx.needs_input_grad[3])
+    ctx.keep_weights = gradient == "fused" or per_sample_weights is not None
     ctx.save_for_backward(ids, offsets, per_sample_weights, *(weights if ctx.keep_weights else ()), *state)
 
 
