@@ -81,7 +81,7 @@ class ClickData:
             lengths.append(n)
             bag_of = np.repeat(np.arange(size), n)
             logit += np.bincount(bag_of, self._propensity(f, values), size) / n
-        clicks = self.rng.random(size) < 1 / (1 + np.exp(-(logit - 1.0)))
+        clicks = self.rng.random(size) < 1 / (1 + np.exp(-logit))
         return torch.from_numpy(dense), ids, lengths, torch.from_numpy(clicks.astype(np.float32))
 
 
@@ -174,7 +174,7 @@ def main(argv: List[str]) -> int:
     print(f"DLRM, {len(features)} categorical features ({rows:,} rows of dim {args.dim}), backend {args.backend}, "
           f"batch {args.batch}, {torch.get_num_threads()} torch threads")
 
-    held_out = data.batch(args.batch)
+    held_out = data.batch(4 * args.batch)
     elapsed, running = 0.0, []
     for step in range(1, args.steps + 1):
         dense, ids, lengths, clicks = data.batch(args.batch)  # drawn outside the timed part

@@ -451,6 +451,8 @@ def test_bad_input():
         bag(torch.tensor([[1.0, 2.0]], requires_grad=True))
     with pytest.raises(TypeError, match="weights must have"):
         bag(torch.tensor([[1, 2]]), per_sample_weights=torch.ones(1, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match="per_sample_weights has dtype torch.bfloat16"):
+        bag(torch.tensor([[1, 2]]), per_sample_weights=torch.ones(1, 2, dtype=torch.bfloat16))
     with pytest.raises(IndexError, match=r"ids\[3\] = 10 is out of bounds for a table with 10 rows"):
         bag(torch.tensor([1, 2, 3, 10]), torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="mode must be 'sum', 'mean' or 'max'"):
@@ -476,3 +478,49 @@ def test_nothing_updated_on_error():
         bag(torch.tensor([1, -1]), torch.tensor([0])).sum().backward()
     torch.testing.assert_close(bag.weight, before, rtol=0, atol=0)
     assert bag.fused_optimizer.optimizer.state["step"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The numpy API takes CPU arrays that export __dlpack__ (here torch tensors), without copies
+
+
+def test_numpy_api_takes_dlpack_tensors():
+    rng = np.random.default_rng(15)
+    table = torch.from_numpy(rng.standard_normal((20, 4)).astype(np.float32))
+    ids, offsets = torch.tensor([1, 5, 5, 19]), torch.tensor([0, 1, 4])
+    np.testing.assert_array_equal(embtab.gather(table, ids), table.numpy()[ids.numpy()])
+    out = torch.empty(2, 4)
+    embtab.gather_bags(table, ids, offsets, mode="mean", out=out)  # written in place
+    np.testing.assert_allclose(out.numpy(), [table[1].numpy(), table[[5, 5, 19]].numpy().mean(0)], rtol=1e-6)
+    target = torch.zeros(20, 4)
+    embtab.scatter_add(target, ids, torch.ones(4, 4))
+    assert target[5, 0] == 2 and target[1, 0] == 1
+    opt = optim.SGD(table, 1.0)  # the tensor's own memory is the optimizer's table
+    before = table.clone()
+    opt.step(ids[:1], torch.ones(1, 4))
+    torch.testing.assert_close(table[1], before[1] - 1)
+    rows, grads = embtab.gather_bags_grad(torch.ones(2, 4), ids, offsets)
+    np.testing.assert_array_equal(rows, [1, 5, 19])
+
+
+class _OnDevice:
+    """An array in device memory, as far as DLPack tells."""
+
+    def __init__(self, device_type, device_id=0):
+        self.device = (device_type, device_id)
+
+    def __dlpack__(self, **kwargs):
+        raise AssertionError("must not be read")
+
+    def __dlpack_device__(self):
+        return self.device
+
+
+def test_numpy_api_refuses_device_arrays():
+    table = np.zeros((5, 2), np.float32)
+    with pytest.raises(TypeError, match="ids is on device cuda:1"):
+        embtab.gather(table, _OnDevice(2, 1))
+    with pytest.raises(TypeError, match="table is on device rocm:0"):
+        embtab.gather_bags(_OnDevice(10), np.array([[1]]))
+    with pytest.raises(TypeError, match="table is on device metal:0"):
+        optim.Adagrad(_OnDevice(8), 0.1)

@@ -26,9 +26,13 @@ def as_array(x: Any, name: str) -> Any:
     device_type, device_id = x.__dlpack_device__()
     if int(device_type) not in _DLPACK_HOST_DEVICES:
         device = _DLPACK_DEVICE_NAMES.get(int(device_type), f"dlpack device type {int(device_type)}")
-        raise TypeError(f"{name} is on device {device}:{device_id}; embtab's kernels run on the CPU "
-                        "(move it to host memory first, e.g. tensor.cpu())")
+        raise_device_error(name, f"{device}:{device_id}")
     return np.from_dlpack(x)
+
+
+def raise_device_error(name: str, device: str) -> None:
+    raise TypeError(f"{name} is on device {device}; embtab's kernels run on the CPU "
+                    "(move it to host memory first, e.g. tensor.cpu())")
 
 
 def as_ids(ids: Any, name: str = "ids") -> Any:

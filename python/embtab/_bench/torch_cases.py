@@ -75,6 +75,18 @@ class Models:
         self.torch_opt = torch.optim.Adagrad([b.weight for b in self.bags], lr=LR, eps=1e-10) if train else None
         self.tbe = self._fbgemm(inits, train)
         self.grad = torch.from_numpy(rng.standard_normal((batch, dim * len(sizes))).astype(np.float32) * 1e-2)
+        self.first: Dict[str, Any] = {}  # each implementation's first output (before any update): for the checks
+
+    def recorded(self, name: str, fn: Any) -> Any:
+        def call() -> Any:
+            out = fn()
+            self.first.setdefault(name, out)
+            return out
+        return call
+
+    def check(self, name: str) -> None:
+        """The first calls, from the same tables on the same batch, pooled the same values."""
+        assert_close(self.first["embtab"], self.first[name], rtol=1e-5, atol=1e-6)
 
     def _fbgemm(self, inits: List[Any], train: bool) -> Any:
         with warnings.catch_warnings():
@@ -159,19 +171,21 @@ def cases(config: Config) -> List[Case]:
         batches = draw_batches(rng, sizes, batch, bag_len, config.id_batches, torch)
         models = Models(torch, sizes, dim, batch, batches, train, rng)
         ids_per_call = float(np.mean([int(batches._batches[i]["offsets"][-1]) for i in range(len(batches))]))
+        run = models.recorded("embtab", models.embtab_step if train else models.embtab_forward)
         case = Case(
             name=name,
             sizes=f"{len(sizes)} tables {sizes[0]:,}..{sizes[-1]:,} rows x {dim} f32, batch {batch}, "
                   f"~{ids_per_call / (batch * len(sizes)):.0f} Zipf ids/bag",
-            run=models.embtab_step if train else models.embtab_forward,
-            baseline=(models.fbgemm_step if train else models.fbgemm_forward) if models.tbe is not None else None,
+            run=run,
+            baseline=models.recorded("fbgemm", models.fbgemm_step if train else models.fbgemm_forward)
+            if models.tbe is not None else None,
             baseline_name="fbgemm TBE",
-            check=lambda a, b: assert_close(a, b, rtol=1e-5, atol=1e-6),
+            check=lambda a, b, models=models: models.check("fbgemm"),
             items=ids_per_call,
             item_unit="ids",
             batches=batches,
         )
-        case.peers["torch"] = models.torch_step if train else models.torch_forward
-        case.peer_checks["torch"] = lambda a, b: assert_close(a, b, rtol=1e-5, atol=1e-6)
+        case.peers["torch"] = models.recorded("torch", models.torch_step if train else models.torch_forward)
+        case.peer_checks["torch"] = lambda a, b, models=models: models.check("torch")
         out.append(case)
     return out
