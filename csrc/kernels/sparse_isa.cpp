@@ -489,27 +489,32 @@ struct RowwiseAdagradUpdate {
   }
 };
 
+// The rows an Adam-style update writes: the table's and its two moments'.
 template <class T>
-struct AdamUpdate {
+struct MomentRows {
   static constexpr bool kStore = false;
   static constexpr int kRows = 3;
   EMBTAB_INLINE T* row_buffer(int64_t, int64_t, T* buf) const { return buf; }
   T* table;
   T* exp_avg;
   T* exp_avg_sq;
-  T neg_step, one_minus_beta1, one_minus_beta2, eps;
   int64_t dim;
   EMBTAB_INLINE void prefetch(int64_t r, int64_t bytes) const {
     prefetch_row_write(table + r * dim, bytes);
     prefetch_row_write(exp_avg + r * dim, bytes);
     prefetch_row_write(exp_avg_sq + r * dim, bytes);
   }
+};
+
+template <class T>
+struct AdamUpdate : MomentRows<T> {
+  T neg_step, one_minus_beta1, one_minus_beta2, eps;
   template <int D>
   EMBTAB_INLINE void apply(int64_t r, T* EMBTAB_RESTRICT g, int64_t) const {
-    const int64_t n = D > 0 ? D : dim;
-    T* EMBTAB_RESTRICT p = table + r * dim;
-    T* EMBTAB_RESTRICT m = exp_avg + r * dim;
-    T* EMBTAB_RESTRICT v = exp_avg_sq + r * dim;
+    const int64_t dim = this->dim, n = D > 0 ? D : dim;
+    T* EMBTAB_RESTRICT p = this->table + r * dim;
+    T* EMBTAB_RESTRICT m = this->exp_avg + r * dim;
+    T* EMBTAB_RESTRICT v = this->exp_avg_sq + r * dim;
     for (int64_t j = 0; j < n; ++j) {
       const T m_old = m[j], v_old = v[j];
       const T dm = (g[j] - m_old) * one_minus_beta1;
@@ -526,28 +531,16 @@ struct AdamUpdate {
 // torch.optim.AdamW on the touched rows: decoupled decay first, then Adam with torch's lerp (its
 // two formulas, chosen by the weight as torch chooses), addcmul and addcdiv operation order.
 template <class T>
-struct AdamWUpdate {
-  static constexpr bool kStore = false;
-  static constexpr int kRows = 3;
-  EMBTAB_INLINE T* row_buffer(int64_t, int64_t, T* buf) const { return buf; }
-  T* table;
-  T* exp_avg;
-  T* exp_avg_sq;
+struct AdamWUpdate : MomentRows<T> {
   T decay, neg_step, lerp_weight, beta2, one_minus_beta2, bias_correction2, eps;
-  int64_t dim;
-  EMBTAB_INLINE void prefetch(int64_t r, int64_t bytes) const {
-    prefetch_row_write(table + r * dim, bytes);
-    prefetch_row_write(exp_avg + r * dim, bytes);
-    prefetch_row_write(exp_avg_sq + r * dim, bytes);
-  }
   template <int D>
   EMBTAB_INLINE void apply(int64_t r, T* EMBTAB_RESTRICT g, int64_t) const {
-    const int64_t n = D > 0 ? D : dim;
-    T* EMBTAB_RESTRICT p = table + r * dim;
-    T* EMBTAB_RESTRICT m = exp_avg + r * dim;
-    T* EMBTAB_RESTRICT v = exp_avg_sq + r * dim;
     const bool small_weight = lerp_weight < T(0.5);
     const T one_minus_weight = T(1) - lerp_weight;
+    const int64_t dim = this->dim, n = D > 0 ? D : dim;
+    T* EMBTAB_RESTRICT p = this->table + r * dim;
+    T* EMBTAB_RESTRICT m = this->exp_avg + r * dim;
+    T* EMBTAB_RESTRICT v = this->exp_avg_sq + r * dim;
     for (int64_t j = 0; j < n; ++j) {
       const T m_new = small_weight ? m[j] + lerp_weight * (g[j] - m[j]) : g[j] - (g[j] - m[j]) * one_minus_weight;
       const T v_new = v[j] * beta2 + one_minus_beta2 * g[j] * g[j];
@@ -606,13 +599,13 @@ void with_update(const Update<T>& u, int64_t dim, F&& f) {
                                 static_cast<T>(u.weight_decay), dim});
       break;
     case UpdateKind::adam:
-      f(AdamUpdate<T>{u.table, u.state1, u.state2, static_cast<T>(-u.lr), static_cast<T>(1.0 - u.beta1),
-                      static_cast<T>(1.0 - u.beta2), static_cast<T>(u.eps), dim});
+      f(AdamUpdate<T>{{u.table, u.state1, u.state2, dim}, static_cast<T>(-u.lr), static_cast<T>(1.0 - u.beta1),
+                      static_cast<T>(1.0 - u.beta2), static_cast<T>(u.eps)});
       break;
     case UpdateKind::adamw:
-      f(AdamWUpdate<T>{u.table, u.state1, u.state2, static_cast<T>(1.0 - u.weight_decay), static_cast<T>(-u.lr),
-                       static_cast<T>(1.0 - u.beta1), static_cast<T>(u.beta2), static_cast<T>(1.0 - u.beta2),
-                       static_cast<T>(u.bias_correction2), static_cast<T>(u.eps), dim});
+      f(AdamWUpdate<T>{{u.table, u.state1, u.state2, dim}, static_cast<T>(1.0 - u.weight_decay),
+                       static_cast<T>(-u.lr), static_cast<T>(1.0 - u.beta1), static_cast<T>(u.beta2),
+                       static_cast<T>(1.0 - u.beta2), static_cast<T>(u.bias_correction2), static_cast<T>(u.eps)});
       break;
     default:
       f(StoreUpdate<T>{u.out});

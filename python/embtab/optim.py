@@ -411,33 +411,14 @@ class AdamW(Adam):
     neither decayed nor moved (dense AdamW would decay every row and keep moving rows whose moments
     are nonzero), which is what makes the step cost proportional to the batch.
 
-    Parameters
-    ----------
-    table : ndarray, shape (num_rows, dim), float32 or float64
-    lr : float
-    betas : (float, float), default (0.9, 0.999)
-        Each in [0, 1).
-    eps : float, default 1e-8
-        Must be > 0.
-    weight_decay : float, default 0.01
-        The decoupled decay coefficient (torch.optim.AdamW's default).
-
-    Attributes
-    ----------
-    state : dict
-        ``"exp_avg"``, ``"exp_avg_sq"``: ndarrays (num_rows, dim); ``"step"``: int.
+    Takes the arguments of :class:`Adam` (its ``state`` too) and ``weight_decay`` (default 0.01,
+    torch.optim.AdamW's): the decoupled decay coefficient.
     """
 
     _kind = "adamw"
 
-    def __init__(
-        self,
-        table: NDArray[np.floating],
-        lr: float,
-        betas: Tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.01,
-    ) -> None:
+    def __init__(self, table: NDArray[np.floating], lr: float, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01) -> None:
         super().__init__(table, lr, betas, eps)
         self.weight_decay = _hyper("weight_decay", weight_decay)
 

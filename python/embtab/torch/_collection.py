@@ -9,10 +9,9 @@ from torch import Tensor, nn
 
 from .._checkpoint import register_checkpointable
 from ._convert import view
-from ._modules import (FusedOptimizer, OptimizerState, _aligned_tensor, _constructor_kwargs, _size, aligned_parameter,
-                       check_device, make_optimizer, table_dtype)
+from ._modules import (FusedOptimizer, OptimizerState, _aligned_tensor, _size, aligned_parameter, check_device,
+                       make_optimizer, optimizer_arguments, table_dtype)
 from ._ops import register_fused
-from .. import optim as _optim
 
 _POOLINGS = ("sum", "mean")
 
@@ -304,14 +303,7 @@ class EmbeddingBagCollection(nn.Module):
     def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, Any]) -> "EmbeddingBagCollection":
         tables = [TableConfig(t["name"], t["num_embeddings"], t["embedding_dim"], t["feature_names"], t["pooling"])
                   for t in config["tables"]]
-        kwargs: Dict[str, Any] = {"sparse": config["sparse"]}
-        extra = config.get("optimizer")
-        if extra is not None:
-            opt_cls = getattr(_optim, extra["optimizer"], None)
-            if not (isinstance(opt_cls, type) and issubclass(opt_cls, _optim._SparseOptimizer)):
-                raise ValueError(f"unknown embtab optimizer {extra['optimizer']!r}")
-            hyper = {k: (tuple(v) if isinstance(v, list) else v) for k, v in extra["param_group"].items()}
-            kwargs["optimizer"], kwargs["optimizer_kwargs"] = opt_cls, _constructor_kwargs(opt_cls, hyper)
+        kwargs = dict(optimizer_arguments(config.get("optimizer")), sparse=config["sparse"])
         first = arrays[f"{tables[0].name}.weight"]
         module = cls(tables, dtype=torch.float64 if first.dtype == np.float64 else torch.float32, **kwargs)
         with torch.no_grad():

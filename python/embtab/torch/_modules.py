@@ -1,7 +1,8 @@
 """Embedding and EmbeddingBag: drop-in torch.nn modules over embtab's tables and kernels."""
 
+import inspect
 import operator
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -221,14 +222,8 @@ class TableModule(nn.Module):
 
     @classmethod
     def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, Any]) -> Any:
-        kwargs = dict(config["init"])
+        kwargs = dict(config["init"], **optimizer_arguments(config.get("optimizer")))
         extra = config.get("optimizer")
-        if extra is not None:
-            opt_cls = getattr(_optim, extra["optimizer"], None)
-            if not (isinstance(opt_cls, type) and issubclass(opt_cls, _optim._SparseOptimizer)):
-                raise ValueError(f"unknown embtab optimizer {extra['optimizer']!r}")
-            hyper = {k: (tuple(v) if isinstance(v, list) else v) for k, v in extra["param_group"].items()}
-            kwargs["optimizer"], kwargs["optimizer_kwargs"] = opt_cls, _constructor_kwargs(opt_cls, hyper)
         module = cls._build(kwargs, _aligned_tensor(arrays["weight"]))
         module.weight.requires_grad_(bool(config["requires_grad"]))
         if extra is not None:
@@ -246,12 +241,28 @@ class TableModule(nn.Module):
     def _config(self) -> Dict[str, Any]:
         raise NotImplementedError
 
+    def _repr_options(self) -> str:
+        s = ""
+        if self.padding_idx is not None:
+            s += f", padding_idx={self.padding_idx}"
+        if self.sparse:
+            s += ", sparse=True"
+        if self.fused_optimizer is not None:
+            s += f", optimizer={type(self.fused_optimizer.optimizer).__name__}"
+        return s
 
-def _constructor_kwargs(opt_cls: Type[Any], hyper: Dict[str, Any]) -> Dict[str, Any]:
-    import inspect
 
+def optimizer_arguments(extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """The ``optimizer`` / ``optimizer_kwargs`` that rebuild a saved fused optimizer (its class by
+    name, its hyperparameters from the saved parameter group); none without one."""
+    if extra is None:
+        return {}
+    opt_cls = getattr(_optim, extra["optimizer"], None)
+    if not (isinstance(opt_cls, type) and issubclass(opt_cls, _optim._SparseOptimizer)):
+        raise ValueError(f"unknown embtab optimizer {extra['optimizer']!r}")
     accepted = inspect.signature(opt_cls.__init__).parameters
-    return {k: v for k, v in hyper.items() if k in accepted}
+    hyper = {k: (tuple(v) if isinstance(v, list) else v) for k, v in extra["param_group"].items() if k in accepted}
+    return {"optimizer": opt_cls, "optimizer_kwargs": hyper}
 
 
 def _aligned_tensor(array: Any) -> Tensor:
@@ -315,14 +326,7 @@ class Embedding(TableModule):
                                           self._handle)
 
     def extra_repr(self) -> str:
-        s = f"{self.num_embeddings}, {self.embedding_dim}"
-        if self.padding_idx is not None:
-            s += f", padding_idx={self.padding_idx}"
-        if self.sparse:
-            s += ", sparse=True"
-        if self.fused_optimizer is not None:
-            s += f", optimizer={type(self.fused_optimizer.optimizer).__name__}"
-        return s
+        return f"{self.num_embeddings}, {self.embedding_dim}" + self._repr_options()
 
     @classmethod
     def from_pretrained(cls, embeddings: Tensor, freeze: bool = True, padding_idx: Optional[int] = None,
@@ -391,15 +395,7 @@ class EmbeddingBag(TableModule):
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}"
-        if self.include_last_offset:
-            s += ", include_last_offset=True"
-        if self.padding_idx is not None:
-            s += f", padding_idx={self.padding_idx}"
-        if self.sparse:
-            s += ", sparse=True"
-        if self.fused_optimizer is not None:
-            s += f", optimizer={type(self.fused_optimizer.optimizer).__name__}"
-        return s
+        return s + (", include_last_offset=True" if self.include_last_offset else "") + self._repr_options()
 
     @classmethod
     def from_pretrained(cls, embeddings: Tensor, freeze: bool = True, max_norm: Optional[float] = None,
