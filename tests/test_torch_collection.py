@@ -335,3 +335,11 @@ def test_collection_with_torchrec_keyed_jagged_tensor():
     out.values().sum().backward()
     expected.values().sum().backward()
     torch.testing.assert_close(ebc.embedding_bags["products"].weight.grad, ref.embedding_bags["products"].weight.grad)
+
+
+def test_collection_int32_batch():
+    rng = np.random.default_rng(12)
+    ebc = et.EmbeddingBagCollection(CONFIGS)
+    batch = jagged(rng, 6)
+    narrow = et.JaggedBatch(batch.keys(), batch.values().int(), lengths=batch.lengths().int())
+    torch.testing.assert_close(ebc(narrow).values(), ebc(batch).values(), rtol=0, atol=0)

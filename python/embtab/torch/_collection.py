@@ -75,8 +75,7 @@ class JaggedBatch:
         self._values, self._weights = values, weights
         if offsets is None:
             assert lengths is not None
-            offsets = torch.zeros(lengths.numel() + 1, dtype=lengths.dtype)
-            torch.cumsum(lengths.reshape(-1), 0, out=offsets[1:])
+            offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths.reshape(-1), 0)])
         self._offsets = offsets
         self._lengths = lengths
         num_bags = offsets.numel() - 1
@@ -272,8 +271,7 @@ class EmbeddingBagCollection(nn.Module):
         segments = [torch.arange(bounds[f], bounds[f + 1]) for f in order]
         index = torch.cat(segments) if segments else torch.zeros(0, dtype=torch.int64)
         lengths = (offsets[1:] - offsets[:-1]).reshape(len(keys), batch)[order].reshape(-1)
-        new_offsets = torch.zeros(lengths.numel() + 1, dtype=offsets.dtype)
-        torch.cumsum(lengths, 0, out=new_offsets[1:])
+        new_offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
         return ids[index], new_offsets, None if weights is None else weights[index]
 
     def extra_repr(self) -> str:

@@ -58,11 +58,6 @@ def _csr(ids: Tensor, offsets: Optional[Tensor], weights: Optional[Tensor], padd
     if offsets_np is not None and not include_last_offset and offsets_np.ndim == 1 and ids_np.ndim == 1:
         # torch gives the start of each bag; embtab also takes the end of the last one.
         offsets_np = np.concatenate([offsets_np, np.asarray([ids_np.shape[0]], offsets_np.dtype)])
-    elif include_last_offset and offsets_np is not None and offsets_np.ndim == 1 and ids_np.ndim == 1 \
-            and offsets_np.size and 0 <= offsets_np[-1] < ids_np.shape[0]:
-        # torch ignores the ids after the end of the last bag.
-        ids_np = ids_np[: offsets_np[-1]]
-        weights_np = None if weights_np is None or weights_np.ndim != 1 else weights_np[: offsets_np[-1]]
     if padding_idx < 0 or ids_np.dtype.kind not in "iu":
         return ids_np, offsets_np, weights_np
     if ids_np.ndim == 2 and offsets_np is None:
@@ -260,9 +255,11 @@ def embedding_bag_per_sample_weights_backward(grad_out: Tensor, weight: Tensor, 
     weight[ids[i]] (divided by the bag's length for "mean"); 0 at padding positions."""
     sync_threads()
     ids_np = view(ids, "input")
-    flat = ids_np.reshape(-1)
-    ids_csr, offsets_csr, _ = _csr(ids, offsets, None, -1, include_last_offset)
-    offsets_csr = offsets_csr if offsets_csr is not None else np.arange(ids_np.shape[0] + 1) * ids_np.shape[1]
+    # The bags' positions (padding kept: it gets a zero gradient).
+    flat, offsets_csr, _ = _csr(ids, offsets, None, -1, include_last_offset)
+    if offsets_csr is None:
+        offsets_csr = np.arange(ids_np.shape[0] + 1) * ids_np.shape[1]
+    flat = flat.reshape(-1)
     lengths = np.diff(offsets_csr)
     bag_of = np.repeat(np.arange(lengths.shape[0]), lengths)
     grad = view(grad_out, "grad_out")
