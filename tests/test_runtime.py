@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +15,12 @@ import embtab
 
 
 def test_version():
-    assert embtab.__version__ == "0.1.0"
+    # The one source of the version is pyproject.toml; the build passes it to the compiled module.
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    declared = re.search(r'^version = "([^"]+)"', pyproject, re.MULTILINE)
+    assert declared is not None
+    assert embtab.__version__ == declared.group(1)
+    assert embtab.__version__ == importlib.metadata.version("embtab")
 
 
 def test_simd_paths():
