@@ -4,9 +4,9 @@
 // KeyedJaggedTensor lays them out: bag b of feature f spans ids[offsets[f * batch + b] :
 // offsets[f * batch + b + 1]] and pools rows of table feature_table[f]. Its output is row b of
 // `out` at columns out_col[f] ... out_col[f] + dims[table] (the features side by side, as a
-// KeyedTensor). One parallel region covers every (feature, bag) pair; each bag is pooled by the
-// per-bag code of the single-table lookup (LookupFns::bags_block), so the results are those of
-// gather_bags, for every thread count.
+// KeyedTensor). One parallel region covers every (feature, bag) pair, the threads taking ranges of
+// samples; each bag is pooled by the per-bag code of the single-table lookup
+// (LookupFns::bags_block), so the results are those of gather_bags, for every thread count.
 #pragma once
 
 #include <cstdint>

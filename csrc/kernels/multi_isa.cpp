@@ -11,23 +11,30 @@ namespace EMBTAB_ISA_NS {
 
 #include "kernels/isa_common.hpp"
 
+// This path's own lookup kernels (lookup_isa.cpp compiled for the same instruction set). Without this
+// declaration the name would find embtab::lookup_kernels(), which in a per-path file knows only the
+// scalar path.
+const LookupKernels& lookup_kernels();
+
 namespace {
 
 using std::int64_t;
 
-// Bags [b0, b1) of the whole batch (all features' bags in order) on the calling thread: the part
-// of each feature in that range goes to the single-table per-bag code.
+// Samples [s0, s1) on the calling thread, in tiles of `tile` samples: each feature's bags of a tile
+// go to the single-table per-bag code, so that a tile's output rows (every feature's columns)
+// stay in cache while the features fill them, and each call pools `tile` bags.
 template <class T, class I>
-int64_t multi_range(const MultiBags<T>& m, const I* ids, int64_t b0, int64_t b1) {
+int64_t multi_range(const MultiBags<T>& m, const I* ids, int64_t s0, int64_t s1, int64_t tile) {
   const LookupFns<T, I>& lookup = lookup_kernels().get<T, I>();
   int64_t first_bad = -1;
-  for (int64_t f = b0 / m.batch; f < m.num_features && f * m.batch < b1; ++f) {
-    const int64_t start = f * m.batch;
-    const int64_t lo = max_of(b0, start) - start, hi = min_of(b1, start + m.batch) - start;
-    const int64_t t = m.feature_table[f];
-    const int64_t bad = lookup.bags_block(m.tables[t], m.num_rows[t], m.dims[t], ids, m.offsets + start, lo, hi,
-                                          m.weights, m.modes[f], m.out + m.out_col[f], m.out_stride);
-    if (bad >= 0) atomic_min(&first_bad, bad);
+  for (int64_t t0 = s0; t0 < s1; t0 += tile) {
+    const int64_t t1 = min_of(s1, t0 + tile);
+    for (int64_t f = 0; f < m.num_features; ++f) {
+      const int64_t t = m.feature_table[f];
+      const int64_t bad = lookup.bags_block(m.tables[t], m.num_rows[t], m.dims[t], ids, m.offsets + f * m.batch, t0,
+                                            t1, m.weights, m.modes[f], m.out + m.out_col[f], m.out_stride);
+      if (bad >= 0) atomic_min(&first_bad, bad);  // each call stops at its first: the minimum is the first
+    }
   }
   return first_bad;
 }
@@ -36,16 +43,17 @@ template <class T, class I>
 int64_t bags_multi(const MultiBags<T>& m, const I* ids) {
   const int64_t num_bags = m.num_features * m.batch;
   if (num_bags <= 0) return -1;
-  // Split the bags between threads by (ids read + bags written), as single-table lookups do.
-  const int64_t work = (m.offsets[num_bags] + num_bags) * max_of<int64_t>(m.out_stride / max_of<int64_t>(m.num_features, 1), 1);
-  const int64_t chunks = min_of<int64_t>(get_num_threads(), max_of<int64_t>(1, work / 65536));
+  // Threads take equal ranges of samples (each sample has a bag of every feature); one per 64 KiB
+  // of rows read and written, as single-table lookups.
+  const int64_t mean_dim = max_of<int64_t>(m.out_stride / max_of<int64_t>(m.num_features, 1), 1);
+  const int64_t work = (m.offsets[num_bags] + num_bags) * mean_dim;
+  const int64_t chunks = min_of<int64_t>(min_of<int64_t>(get_num_threads(), m.batch), max_of<int64_t>(1, work / 65536));
+  const int64_t tile = max_of<int64_t>(1, int64_t(32768) / max_of<int64_t>(1, m.out_stride * int64_t(sizeof(T))));
   int64_t first_bad = -1;
   parallel_for(static_cast<std::size_t>(chunks), 1, [&](std::size_t c0, std::size_t c1) {
     for (std::size_t c = c0; c < c1; ++c) {
-      const int64_t b0 = bag_chunk_begin(m.offsets, num_bags, int64_t(c), chunks);
-      const int64_t b1 = bag_chunk_begin(m.offsets, num_bags, int64_t(c) + 1, chunks);
-      if (b0 >= b1) continue;
-      const int64_t bad = multi_range(m, ids, b0, b1);
+      const int64_t s0 = m.batch * int64_t(c) / chunks, s1 = m.batch * (int64_t(c) + 1) / chunks;
+      const int64_t bad = multi_range(m, ids, s0, s1, tile);
       if (bad >= 0) atomic_min(&first_bad, bad);
     }
   });

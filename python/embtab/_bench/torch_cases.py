@@ -180,6 +180,7 @@ def cases(config: Config) -> List[Case]:
             baseline=models.recorded("fbgemm", models.fbgemm_step if train else models.fbgemm_forward)
             if models.tbe is not None else None,
             baseline_name="fbgemm TBE",
+            baseline_threaded=True,  # FBGEMM runs on torch's threads: measured at each thread count
             check=lambda a, b, models=models: models.check("fbgemm"),
             items=ids_per_call,
             item_unit="ids",
