@@ -430,6 +430,8 @@ def test_embedding_bag_backward_returns_per_sample_weights_grad_as_torch() -> No
     layer.forward(ids)
     with pytest.raises(ValueError, match="per_sample_weights"):
         layer.backward(g, return_weights_grad=True)
+    with pytest.raises(TypeError, match="per_sample_weights must have dtype float32"):
+        layer.forward(ids, per_sample_weights=w.astype(np.float64))
 
 
 def test_weighted_mean_docstrings_say_what_embtab_does() -> None:

@@ -493,6 +493,8 @@ class EmbeddingBag(_TableLayer):
             per_sample_weights = as_values(per_sample_weights, self.weight)
             if np.shape(per_sample_weights) != np.shape(ids):
                 raise ValueError(f"per_sample_weights must have the shape of ids {np.shape(ids)}, got {np.shape(per_sample_weights)}")
+            if np.asarray(per_sample_weights).dtype != self.weight.dtype:
+                raise TypeError(f"per_sample_weights must have dtype {self.weight.dtype}, got {np.asarray(per_sample_weights).dtype}")
             if self.mode == "max":
                 raise ValueError("per_sample_weights are only supported with mode 'sum' or 'mean'")
         return self._forward_bags(ids, offsets, per_sample_weights, include_last_offset, return_context)
