@@ -4,6 +4,7 @@
 
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <sstream>
 
 namespace embtab {
@@ -112,32 +113,50 @@ py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& 
   return py::array(dtype, shape, block, base);
 }
 
-std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids) {
+std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids, bool include_last_offset) {
   const py::array offsets = require_array(offsets_obj, "offsets");
   const IndexKind kind = require_index(offsets, "offsets");
   require_ndim(offsets, 1, "offsets");
   const py::ssize_t n = offsets.shape(0);
-  if (n < 1) throw py::value_error("offsets must have num_bags + 1 >= 1 entries, got an empty array");
-  std::vector<std::int64_t> result(static_cast<std::size_t>(n));
+  if (include_last_offset && n < 1)
+    throw py::value_error("offsets must have num_bags + 1 >= 1 entries, got an empty array");
+  // The CSR form: torch-style offsets (include_last_offset=False) get the end of the last bag.
+  std::vector<std::int64_t> result(static_cast<std::size_t>(n) + (include_last_offset ? 0 : 1));
   const py::array contiguous = c_contiguous(offsets);
   visit_index(kind, [&](auto tag) {
     using I = decltype(tag);
     const I* p = cdata<I>(contiguous);
     for (py::ssize_t i = 0; i < n; ++i) result[static_cast<std::size_t>(i)] = static_cast<std::int64_t>(p[i]);
   });
+  if (!include_last_offset) {
+    result.back() = num_ids;
+    if (n == 0 && num_ids != 0)
+      throw py::value_error("offsets is empty (no bags) but ids has " + std::to_string(num_ids) + " entries");
+  }
   if (result[0] != 0) throw py::value_error("offsets[0] must be 0, got " + std::to_string(result[0]));
-  for (std::size_t i = 1; i < result.size(); ++i)
+  const std::size_t given = static_cast<std::size_t>(n);
+  for (std::size_t i = 1; i < given; ++i)
     if (result[i] < result[i - 1])
       throw py::value_error("offsets must be non-decreasing, but offsets[" + std::to_string(i) + "] = " +
                             std::to_string(result[i]) + " < offsets[" + std::to_string(i - 1) + "] = " +
                             std::to_string(result[i - 1]));
-  if (result.back() != num_ids)
+  if (!include_last_offset) {
+    if (n > 0 && result[given - 1] > num_ids)
+      throw py::value_error("offsets[-1] = " + std::to_string(result[given - 1]) + " starts a bag past the end of ids (len(ids) = " +
+                            std::to_string(num_ids) + ")");
+  } else if (result.back() != num_ids) {
+    // The common mistake: torch's default offsets (one start per bag) given where CSR is expected.
+    const std::string hint = result.back() < num_ids
+                                 ? "; for offsets that hold only the start of each bag (torch's default), pass "
+                                   "include_last_offset=False"
+                                 : "";
     throw py::value_error("offsets[-1] must equal len(ids) = " + std::to_string(num_ids) + ", got " +
-                          std::to_string(result.back()));
+                          std::to_string(result.back()) + hint);
+  }
   return result;
 }
 
-std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj) {
+std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj, bool include_last_offset) {
   std::vector<std::int64_t> offsets;
   if (ids.ndim() == 2) {
     if (!offsets_obj.is_none())
@@ -149,7 +168,7 @@ std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& of
   } else if (ids.ndim() == 1) {
     if (offsets_obj.is_none())
       throw py::value_error("offsets is required when ids is 1-D (CSR bags); pass 2-D ids for fixed-length bags");
-    offsets = check_offsets(offsets_obj, ids.shape(0));
+    offsets = check_offsets(offsets_obj, ids.shape(0), include_last_offset);
   } else {
     throw py::value_error("ids must be 1-D with offsets, or 2-D (num_bags, bag_len), got shape " + shape_str(ids));
   }
@@ -236,6 +255,36 @@ void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows,
                         (value < 0 ? " is negative" : " is out of bounds") + " for a table with " +
                         std::to_string(num_rows) + " rows (valid ids are 0 to " + std::to_string(num_rows - 1) +
                         ")");
+}
+
+namespace {
+
+// The bag boundaries as CSR int64 offsets, every argument checked as a pooled lookup checks it, and
+// with num_rows >= 0 every id checked against the table (IndexError naming its position in ids as
+// given, e.g. "ids[1, 1]"). The Python layer uses it before it rewrites bags itself (leaving out
+// padding or dropped entries), so that errors name what the caller passed.
+py::array checked_bag_offsets(const py::handle& ids_obj, const py::object& offsets_obj, bool include_last_offset,
+                              std::int64_t num_rows) {
+  const Ids ids = check_ids(ids_obj);
+  const std::vector<std::int64_t> offsets = bag_offsets(ids.array, offsets_obj, include_last_offset);
+  if (num_rows >= 0) {
+    visit_index(ids.kind, [&](auto tag) {
+      using I = decltype(tag);
+      const I* p = cdata<I>(ids.array);
+      for (std::int64_t i = 0; i < ids.n; ++i)
+        if (p[i] < 0 || static_cast<std::int64_t>(p[i]) >= num_rows) throw_bad_id(ids.array, i, num_rows);
+    });
+  }
+  py::array_t<std::int64_t> result(static_cast<py::ssize_t>(offsets.size()));
+  std::copy(offsets.begin(), offsets.end(), result.mutable_data());
+  return std::move(result);
+}
+
+}  // namespace
+
+void register_validate(py::module_& m) {
+  m.def("bag_offsets", &checked_bag_offsets, py::arg("ids"), py::arg("offsets"), py::arg("include_last_offset") = true,
+        py::arg("num_rows") = -1, "Checked CSR offsets of a pooled lookup's bags; see embtab.gather_bags.");
 }
 
 }  // namespace bind

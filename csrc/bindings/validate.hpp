@@ -62,12 +62,15 @@ struct Ids {
 Ids check_ids(const py::handle& obj);
 
 // CSR offsets of num_bags + 1 entries: integer, 1-D, starting at 0, non-decreasing, ending at
-// num_ids. Returned as int64.
-std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids);
+// num_ids. Returned as int64. With include_last_offset=false (torch's default convention) the
+// array holds num_bags starts and the end of the last bag (num_ids) is appended.
+std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids,
+                                        bool include_last_offset = true);
 
 // Bag boundaries by the rules of gather_bags: 2-D ids (num_bags, bag_len) are fixed-length bags
 // and take no offsets; 1-D ids need CSR offsets (checked as check_offsets does). int64.
-std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj);
+std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj,
+                                      bool include_last_offset = true);
 
 // "sum" / "mean" / "max"; ValueError otherwise.
 PoolMode parse_mode(const std::string& mode);

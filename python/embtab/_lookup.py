@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+import operator
+from typing import Any, Literal, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -65,6 +66,68 @@ def gather(
     return _core.gather(table, as_ids(ids), out, bounds)
 
 
+def _num_rows(table: Any) -> Optional[int]:
+    shape = getattr(table, "shape", None)
+    return int(shape[0]) if isinstance(shape, tuple) and len(shape) == 2 else None
+
+
+def _padding_row(padding_idx: Any, num_rows: Optional[int]) -> int:
+    """padding_idx as a row, torch's rule: an int in [-num_rows, num_rows), negative counts from the end."""
+    try:
+        row = operator.index(padding_idx)
+    except TypeError:
+        raise TypeError(f"padding_idx must be an integer or None, got {type(padding_idx).__name__}") from None
+    if num_rows is None:
+        if row < 0:
+            raise ValueError(f"a negative padding_idx ({row}) needs the table, to count from its end")
+        return row
+    if not -num_rows <= row < num_rows:
+        raise ValueError(f"padding_idx must be within [-{num_rows}, {num_rows}) for a table with {num_rows} rows, got {row}")
+    return row + num_rows if row < 0 else row
+
+
+def bag_arguments(
+    ids: ArrayLike,
+    offsets: Optional[ArrayLike],
+    weights: Optional[ArrayLike],
+    *,
+    num_rows: Optional[int],
+    weights_like: Any,
+    include_last_offset: bool,
+    padding_idx: Optional[int],
+    check_ids: bool,
+) -> Tuple[Any, Any, Any, Optional[NDArray[np.bool_]]]:
+    """``(ids, offsets, weights, kept)`` for the compiled layer: torch-style offsets completed to
+    CSR, and with ``padding_idx`` the padding entries left out of their bags (``kept`` is then the
+    mask of the flat positions that remain, else None). ``weights_like`` gives list weights their
+    dtype.
+
+    When the bags are rewritten, the compiled layer first checks every argument as the caller gave
+    it (with ``check_ids`` and a known ``num_rows``, every id against the table too), so that errors
+    name the caller's positions (``ids[1, 2]``), not those of the rewritten bags.
+    """
+    ids = as_ids(ids)
+    if offsets is not None:
+        offsets = as_ids(offsets)
+    if include_last_offset and padding_idx is None:
+        return ids, offsets, weights, None
+    padding = None if padding_idx is None else _padding_row(padding_idx, num_rows)
+    check_rows = num_rows if check_ids and num_rows is not None else -1
+    csr = _core.bag_offsets(ids, offsets, bool(include_last_offset), check_rows)
+    ids = np.asarray(ids)
+    if padding is None:
+        return ids, (None if ids.ndim == 2 else csr), weights, None
+    if weights is not None:
+        weights = as_values(weights, weights_like)
+        if np.shape(weights) != ids.shape:  # the compiled layer names the mismatch
+            return ids, (None if ids.ndim == 2 else csr), weights, None
+        weights = np.asarray(weights).reshape(-1)
+    flat = ids.reshape(-1)
+    kept = flat != padding
+    kept_before = np.concatenate(([0], np.cumsum(kept, dtype=np.int64)))
+    return flat[kept], kept_before[csr], (None if weights is None else weights[kept]), kept
+
+
 def gather_bags(
     table: Table,
     ids: ArrayLike,
@@ -72,6 +135,8 @@ def gather_bags(
     *,
     mode: PoolMode = "sum",
     weights: Optional[ArrayLike] = None,
+    padding_idx: Optional[int] = None,
+    include_last_offset: bool = True,
     out: Optional[NDArray[np.floating]] = None,
     return_argmax: bool = False,
     bounds: BoundsMode = "raise",
@@ -88,12 +153,24 @@ def gather_bags(
     ----------
     table : ndarray, shape (num_rows, dim), float32 or float64
     ids : array_like of int32 or int64, 1-D (with ``offsets``) or 2-D (without)
-    offsets : array_like of int32 or int64, shape (num_bags + 1,), optional
-        ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == len(ids)``.
+    offsets : array_like of int32 or int64, optional
+        CSR form (the default, ``include_last_offset=True``): ``num_bags + 1`` entries,
+        ``offsets[0] == 0``, non-decreasing, ``offsets[-1] == len(ids)``. With
+        ``include_last_offset=False``: ``num_bags`` entries, the start of each bag, as
+        ``torch.nn.functional.embedding_bag`` takes them by default.
     mode : {"sum", "mean", "max"}
     weights : ndarray, same shape as ``ids`` and the table's dtype, optional
-        Multiplies each row before pooling ("sum" and "mean" only): the mean of a bag is
-        ``sum(w_i * row_i) / len(bag)``, as in ``torch.nn.functional.embedding_bag``.
+        Multiplies each row before pooling ("sum" and "mean" only). With "mean", embtab divides
+        the weighted sum by the number of ids in the bag: ``sum(w_i * row_i) / len(bag)``. torch
+        refuses this combination (its ``per_sample_weights`` work with ``mode="sum"`` only).
+    padding_idx : int, optional
+        As torch's ``padding_idx``: entries equal to it are left out of their bag (and of a mean's
+        count; a bag of padding only gives zeros). An int in ``[-num_rows, num_rows)``; negative
+        values count from the end.
+    include_last_offset : bool
+        True (default): ``offsets`` is the CSR index pointer, ending with ``len(ids)`` (the same
+        meaning as torch's argument of that name). False: torch's default convention, one start
+        per bag.
     out : ndarray of shape (num_bags, dim), optional
         Written in place; must have the table's dtype, be C-contiguous and writeable.
     return_argmax : bool
@@ -122,15 +199,17 @@ def gather_bags(
     TypeError
         Non-float table, non-integer ids or offsets, ``weights``/``out`` of another dtype.
     ValueError
-        Bad shapes, offsets that do not start at 0, decrease or do not end at ``len(ids)``, 1-D ids
-        without offsets or 2-D ids with them, an unknown mode, weights with ``mode="max"``.
+        Bad shapes, offsets that do not start at 0, decrease or do not end at ``len(ids)`` (a
+        short one says to pass ``include_last_offset=False`` for torch-style offsets), 1-D ids
+        without offsets or 2-D ids with them, an unknown mode, weights with ``mode="max"``, a
+        ``padding_idx`` outside the table.
     """
+    ids, offsets, weights, _ = bag_arguments(ids, offsets, weights, num_rows=_num_rows(table), weights_like=table,
+                                             include_last_offset=include_last_offset, padding_idx=padding_idx,
+                                             check_ids=bounds == "raise")
     if _lowp.handles(table, dtype):
         return _lowp.gather_bags(table, ids, offsets, mode=mode, weights=weights, out=out,
                                  return_argmax=return_argmax, dtype=dtype, bounds=bounds)
-    if offsets is not None:
-        offsets = as_ids(offsets)
     return _core.gather_bags(
-        table, as_ids(ids), offsets, mode, as_values(weights, table), out, return_argmax, bounds
+        table, ids, offsets, mode, as_values(weights, table), out, return_argmax, bounds
     )
-

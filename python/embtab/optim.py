@@ -14,6 +14,20 @@ The numerics follow the torch optimizer each class names (same operations in the
 the table's dtype), so one step or many agree with torch to float rounding. Every id is checked
 before anything is written: a bad id raises IndexError and leaves the table and state unchanged.
 
+Learning rates: ``opt.lr`` may be set between steps (it is checked when set), or be a callable
+``lr(step) -> float`` called before each step with the 1-based number of the step about to be
+taken (a schedule; its value is checked on every call). A checkpoint keeps the last learning rate
+used, as a number: give the schedule again after :func:`embtab.load`.
+
+A layer of :mod:`embtab.layers` may be passed instead of a table: the optimizer updates its
+``weight``, ``step()`` applies its accumulated ``layer.grad``, and ``opt.zero_grad()`` clears it
+(``step()`` does not, as in torch).
+
+Dense parameters: any float32 / float64 C-contiguous array is a table. Treat the parameter as
+one row (``p.reshape(1, -1)``, a view) or as rows (a matrix), and step with all of them:
+``opt.step(np.arange(len(table)), grad)``; with full-batch ids the sparse optimizers are the dense
+ones (Adam's "lazy" update then touches every row each step).
+
 Weight decay: none of the torch counterparts supports it with a sparse gradient (``torch.optim.SGD``
 and ``Adagrad`` raise, ``SparseAdam`` has no such option), so :class:`SGD`, :class:`Adagrad` and
 :class:`Adam` have none either. :class:`RowWiseAdagrad` has FBGEMM's L2 mode (``weight_decay * row``
@@ -24,7 +38,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -32,7 +46,7 @@ from numpy.typing import ArrayLike, NDArray
 from . import _core
 from ._arrays import aligned_empty, aligned_zeros, as_ids, as_values
 from ._checkpoint import register_checkpointable
-from ._lookup import PoolMode, gather_bags
+from ._lookup import PoolMode, bag_arguments, gather_bags
 
 __all__ = ["SGD", "Adagrad", "RowWiseAdagrad", "Adam"]
 
@@ -72,7 +86,7 @@ class _SparseOptimizer:
         if not isinstance(table, np.ndarray) and hasattr(table, "weight") and hasattr(table, "backward"):
             self.layer, table = table, table.weight
         self.table: NDArray[np.floating] = _check_table(table)
-        self.lr = _hyper("lr", lr)
+        self.lr = lr
         self.state: Dict[str, Any] = {}
 
     # Checkpoints (embtab.save / embtab.load): hyperparameters and scalar state in the manifest,
@@ -98,6 +112,44 @@ class _SparseOptimizer:
                 opt.state[key[len("state."):]] = value
         return opt
 
+    # The learning rate. The number lives in the instance's __dict__ under "lr" (the property below
+    # takes precedence over it), so checkpoints save and restore it as the plain hyperparameter "lr"
+    # (restoring goes through the setter, which checks it); a schedule is kept beside it, and "lr"
+    # then holds the last value it gave. `_lr_steps` counts the steps taken, for the schedule.
+    _lr_schedule: Optional[Callable[[int], float]] = None
+    _lr_steps = 0
+
+    @property
+    def lr(self) -> Any:
+        """The learning rate: a number >= 0, or a callable ``lr(step) -> float`` (a schedule) called
+        before each step with the 1-based number of that step. Settable between steps."""
+        if self._lr_schedule is not None:
+            return self._lr_schedule
+        return self.__dict__.get("lr")
+
+    @lr.setter
+    def lr(self, value: Union[float, Callable[[int], float]]) -> None:
+        if callable(value):
+            self._lr_schedule = value
+        else:
+            self.__dict__["lr"], self._lr_schedule = _hyper("lr", value), None
+
+    def _step_lr(self) -> float:
+        """The learning rate of the step about to be taken (a schedule's value is checked)."""
+        if self._lr_schedule is not None:
+            step = self._lr_steps + 1
+            self.__dict__["lr"] = _hyper(f"lr({step}), the value of the learning-rate schedule,", self._lr_schedule(step))
+        lr = self.__dict__.get("lr")
+        if lr is None:
+            raise RuntimeError("no learning rate: the optimizer was saved with a schedule before its first step; set opt.lr")
+        return float(lr)
+
+    def zero_grad(self) -> None:
+        """Clears ``layer.grad`` of the layer given to the constructor (no-op for a table): call it
+        each step, since a layer's backward() adds to its gradient and step() leaves it."""
+        if self.layer is not None:
+            self.layer.zero_grad()
+
     def _bind_owner(self, owner: Any) -> None:
         """After loading: the layer whose weight is this optimizer's table, if any."""
         if owner is not None and hasattr(owner, "backward"):
@@ -109,7 +161,7 @@ class _SparseOptimizer:
         return None, None
 
     def _params(self, step: int) -> Dict[str, float]:
-        return {"lr": _hyper("lr", self.lr)}
+        return {"lr": self._step_lr()}
 
     def _next_step(self) -> int:
         return int(self.state.get("step", 0)) + 1
@@ -153,6 +205,7 @@ class _SparseOptimizer:
         s1, s2 = self._state_arrays()
         _core.optim_step(self._kind, self.table, s1, s2, as_ids(ids), as_values(grads, self.table), **self._params(step))
         self._finish_step(step)
+        self._lr_steps += 1
 
     def step_bags(
         self,
@@ -163,6 +216,8 @@ class _SparseOptimizer:
         mode: PoolMode = "sum",
         weights: Optional[ArrayLike] = None,
         argmax: Optional[NDArray[np.int64]] = None,
+        padding_idx: Optional[int] = None,
+        include_last_offset: bool = True,
     ) -> None:
         """One update from the gradient of ``gather_bags(self.table, ids, offsets, mode=mode, weights=weights)``.
 
@@ -173,17 +228,18 @@ class _SparseOptimizer:
         ----------
         grad_out : ndarray, shape (num_bags, dim), the table's dtype
             Gradient of the loss with respect to the pooled output.
-        ids, offsets, mode, weights :
-            The arguments of the forward :func:`embtab.gather_bags` call.
+        ids, offsets, mode, weights, padding_idx, include_last_offset :
+            The arguments of the forward :func:`embtab.gather_bags` call (padding entries get no
+            update; ``include_last_offset=False`` takes torch-style offsets, one start per bag).
         argmax : ndarray of int64, optional
             ``mode="max"``: the winners from ``gather_bags(..., return_argmax=True)``. When
             omitted they are recomputed from the table (which must not have changed since the
             forward pass).
         """
         step = self._next_step()
-        ids = as_ids(ids)
-        if offsets is not None:
-            offsets = as_ids(offsets)
+        ids, offsets, weights, _ = bag_arguments(ids, offsets, weights, num_rows=len(self.table), weights_like=grad_out,
+                                                 include_last_offset=include_last_offset, padding_idx=padding_idx,
+                                                 check_ids=True)
         if mode == "max" and argmax is None:
             _, argmax = gather_bags(self.table, ids, offsets, mode="max", return_argmax=True)
         s1, s2 = self._state_arrays()
@@ -201,6 +257,7 @@ class _SparseOptimizer:
             **self._params(step),
         )
         self._finish_step(step)
+        self._lr_steps += 1
 
     def __repr__(self) -> str:
         table = self.table
@@ -216,10 +273,11 @@ class SGD(_SparseOptimizer):
 
     Parameters
     ----------
-    table : ndarray, shape (num_rows, dim), float32 or float64
-        Updated in place; must be C-contiguous and writeable.
-    lr : float
-        Learning rate, >= 0.
+    table : ndarray, shape (num_rows, dim), float32 or float64, or a layer
+        Updated in place; must be C-contiguous and writeable. A layer (``embtab.Embedding`` ...)
+        stands for its ``weight``, and ``step()`` then applies its ``grad`` (see the module docs).
+    lr : float or callable
+        Learning rate, >= 0, or a schedule ``lr(step)`` (see the module docs).
     """
 
     _kind = "sgd"
@@ -234,8 +292,10 @@ class Adagrad(_SparseOptimizer):
 
     Parameters
     ----------
-    table : ndarray, shape (num_rows, dim), float32 or float64
-    lr : float
+    table : ndarray, shape (num_rows, dim), float32 or float64, or a layer
+        Updated in place. A layer stands for its ``weight``; ``step()`` then applies its ``grad``.
+    lr : float or callable
+        Learning rate, or a schedule ``lr(step)`` (see the module docs).
     eps : float, default 1e-10
     initial_accumulator_value : float, default 0
     lr_decay : float, default 0
@@ -272,7 +332,7 @@ class Adagrad(_SparseOptimizer):
         return self.state["sum"], None
 
     def _params(self, step: int) -> Dict[str, float]:
-        lr = _hyper("lr", self.lr)
+        lr = self._step_lr()
         return {"lr": lr / (1 + (step - 1) * _hyper("lr_decay", self.lr_decay)), "eps": _hyper("eps", self.eps)}
 
 
@@ -286,8 +346,10 @@ class RowWiseAdagrad(_SparseOptimizer):
 
     Parameters
     ----------
-    table : ndarray, shape (num_rows, dim), float32 or float64
-    lr : float
+    table : ndarray, shape (num_rows, dim), float32 or float64, or a layer
+        Updated in place. A layer stands for its ``weight``; ``step()`` then applies its ``grad``.
+    lr : float or callable
+        Learning rate, or a schedule ``lr(step)`` (see the module docs).
     eps : float, default 1e-8
     initial_accumulator_value : float, default 0
     weight_decay : float, default 0
@@ -320,7 +382,7 @@ class RowWiseAdagrad(_SparseOptimizer):
 
     def _params(self, step: int) -> Dict[str, float]:
         return {
-            "lr": _hyper("lr", self.lr),
+            "lr": self._step_lr(),
             "eps": _hyper("eps", self.eps),
             "weight_decay": _hyper("weight_decay", self.weight_decay),
         }
@@ -338,8 +400,10 @@ class Adam(_SparseOptimizer):
 
     Parameters
     ----------
-    table : ndarray, shape (num_rows, dim), float32 or float64
-    lr : float
+    table : ndarray, shape (num_rows, dim), float32 or float64, or a layer
+        Updated in place. A layer stands for its ``weight``; ``step()`` then applies its ``grad``.
+    lr : float or callable
+        Learning rate, or a schedule ``lr(step)`` (see the module docs).
     betas : (float, float), default (0.9, 0.999)
         Each in [0, 1).
     eps : float, default 1e-8
@@ -383,6 +447,6 @@ class Adam(_SparseOptimizer):
 
     def _params(self, step: int) -> Dict[str, float]:
         beta1, beta2 = self._check_betas(self.betas)
-        lr = _hyper("lr", self.lr)
+        lr = self._step_lr()
         step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         return {"lr": step_size, "eps": _hyper("eps", self.eps, positive=True), "beta1": beta1, "beta2": beta2}
