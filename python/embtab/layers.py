@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._arrays import aligned_empty, as_ids
-from ._checkpoint import register_checkpointable
+from ._checkpoint import bit_generator_state, register_checkpointable, restore_bit_generator
 from ._hashing import hash_buckets, subword_ngrams
 from ._lookup import BoundsMode, PoolMode, gather, gather_bags
 from ._sparse import coalesce, gather_bags_grad
@@ -161,23 +161,35 @@ class _TableLayer:
             rows, grads = rows[keep], grads[keep]
         self.grad = (rows, grads)
 
-    # Checkpoints: config + arrays; the weight is shared, not copied.
+    # Checkpoints: the constructor's arguments (other than the table's size), the dropout stream's
+    # position, and the weight (shared, not copied).
     def _config(self) -> Dict[str, Any]:
-        return {"init": self.init, "std": self.std, "seed": self.seed, "padding_idx": self.padding_idx,
-                "dropout": self.dropout, "bounds": self.bounds, "dtype": self.weight.dtype.str}
+        return {"init": self.init, "std": self.std, "seed": self.seed, "dtype": self.weight.dtype.str,
+                "padding_idx": self.padding_idx, "dropout": self.dropout, "bounds": self.bounds}
 
     def _checkpoint_state(self) -> Tuple[Dict[str, Any], Dict[str, NDArray[Any]]]:
-        return self._config(), {"weight": self.weight}
+        return {"settings": self._config(), "rng": bit_generator_state(self._rng.bit_generator)}, {"weight": self.weight}
 
     @classmethod
     def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> Any:
-        layer = cls._build_empty(config, arrays["weight"])
-        layer.weight = arrays["weight"]
+        if set(config) != {"settings", "rng"} or set(arrays) != {"weight"}:
+            raise ValueError(f"expected settings, rng and a weight, got {sorted(config)} and {sorted(arrays)}")
+        settings, weight = config["settings"], arrays["weight"]
+        if not isinstance(settings, dict) or weight.ndim != 2:
+            raise ValueError(f"expected a dict of settings and a 2-D weight, got shape {weight.shape}")
+        # The constructor validates every setting; a table of width 0 costs nothing (the weight
+        # replaces it), and what the built layer reports must be exactly what was saved.
+        layer = cls._build_empty(settings, weight)
+        if layer._config() != settings or layer.weight.shape[0] != weight.shape[0] or layer.weight.dtype != weight.dtype:
+            raise ValueError(f"the settings {settings} do not describe a {cls.__name__} with a weight of shape "
+                             f"{weight.shape} and dtype {weight.dtype}")
+        layer.weight = weight
+        restore_bit_generator(layer._rng.bit_generator, config["rng"], "the dropout stream")
         return layer
 
     @classmethod
     def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> Any:
-        raise NotImplementedError
+        return cls(weight.shape[0], 0, **config)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.num_embeddings}, {self.dim}, dtype={self.weight.dtype})"
@@ -249,13 +261,6 @@ class Embedding(_TableLayer):
         self._finish_grad(rows, grads)
         assert self.grad is not None
         return self.grad
-
-    @classmethod
-    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "Embedding":
-        layer = cls(0, weight.shape[1], init="zeros", seed=config["seed"], dtype=weight.dtype,
-                    dropout=config["dropout"], bounds=config["bounds"])
-        layer.init, layer.std, layer.padding_idx = config["init"], config["std"], config["padding_idx"]
-        return layer
 
 
 @register_checkpointable
@@ -357,13 +362,6 @@ class EmbeddingBag(_TableLayer):
     def _config(self) -> Dict[str, Any]:
         return dict(super()._config(), mode=self.mode)
 
-    @classmethod
-    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "EmbeddingBag":
-        layer = cls(0, weight.shape[1], mode=config["mode"], init="zeros", seed=config["seed"], dtype=weight.dtype,
-                    dropout=config["dropout"], bounds=config["bounds"])
-        layer.init, layer.std, layer.padding_idx = config["init"], config["std"], config["padding_idx"]
-        return layer
-
 
 def _is_documents(keys: Any) -> bool:
     return isinstance(keys, (list, tuple)) and len(keys) > 0 and all(isinstance(k, (list, tuple, np.ndarray)) for k in keys)
@@ -426,14 +424,8 @@ class HashEmbedding(EmbeddingBag):
         return EmbeddingBag.forward(self, ids)
 
     def _config(self) -> Dict[str, Any]:
-        return dict(super()._config(), num_hashes=self.num_hashes, doc_mode=self.doc_mode)
-
-    @classmethod
-    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "HashEmbedding":
-        layer = cls(1, weight.shape[1], num_hashes=config["num_hashes"], seed=config["seed"], mode=config["doc_mode"],
-                    init="zeros", dtype=weight.dtype, dropout=config["dropout"])
-        layer.init, layer.std = config["init"], config["std"]
-        return layer
+        return {"num_hashes": self.num_hashes, "seed": self.seed, "mode": self.doc_mode, "init": self.init,
+                "std": self.std, "dtype": self.weight.dtype.str, "dropout": self.dropout}
 
 
 @register_checkpointable
@@ -497,16 +489,9 @@ class SubwordEmbedding(EmbeddingBag):
         return EmbeddingBag.forward(self, ids, offs)
 
     def _config(self) -> Dict[str, Any]:
-        return dict(super()._config(), vocab=self.vocab, minn=self.minn, maxn=self.maxn, bucket=self.bucket)
+        return {"vocab": self.vocab, "minn": self.minn, "maxn": self.maxn, "bucket": self.bucket, "init": self.init,
+                "std": self.std, "seed": self.seed, "dtype": self.weight.dtype.str, "dropout": self.dropout}
 
     @classmethod
     def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "SubwordEmbedding":
-        layer = cls.__new__(cls)
-        layer.vocab = list(config["vocab"])
-        layer.word_ids = {w: i for i, w in enumerate(layer.vocab)}
-        layer.minn, layer.maxn, layer.bucket = config["minn"], config["maxn"], config["bucket"]
-        _TableLayer.__init__(layer, 0, weight.shape[1], init="zeros", std=None, seed=config["seed"], dtype=weight.dtype,
-                             padding_idx=None, dropout=config["dropout"], bounds="raise")
-        layer.mode = "mean"
-        layer.init, layer.std = config["init"], config["std"]
-        return layer
+        return cls(0, **config)
