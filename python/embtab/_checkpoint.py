@@ -276,12 +276,12 @@ def _locked(dirfd: int, exclusive: bool) -> Iterator[None]:
     flags = _OPEN_FILE | (os.O_CREAT if exclusive else 0)
     try:
         fd = os.open(_LOCK, flags, 0o644, dir_fd=dirfd)
-    except FileNotFoundError:
+    except OSError as exc:
         if exclusive:
             raise
-        yield
-        return
-    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            yield
+            return
         raise CheckpointError(f"cannot open the lock file {_LOCK}: {exc.strerror}") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -653,7 +653,11 @@ def _load_snapshot(dirfd: int, mmap: bool, verify: bool) -> Dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{_CURRENT} names a missing snapshot {snap}") from None
     except OSError as exc:
-        why = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be opened ({exc.strerror})"
+        try:
+            link = stat.S_ISLNK(os.stat(snap, dir_fd=dirfd, follow_symlinks=False).st_mode)
+        except OSError:
+            link = False
+        why = "is a symbolic link" if link else f"cannot be opened ({exc.strerror})"
         raise CheckpointError(f"snapshot {snap} {why}") from None
     try:
         manifest = _parse_manifest(_read_small(snapfd, _MANIFEST, _MAX_MANIFEST_BYTES))

@@ -63,7 +63,7 @@ def _hyper(name: str, value: Any, *, positive: bool = False) -> float:
 
 def _restored_state(key: str, fresh: Any, saved: Any, num_rows: int) -> Any:
     """A loaded state entry, in the form the constructor made ``fresh``: per-row arrays of the
-    right shape and dtype, and a step count (an int or a 0-d integer array) that is an integer >= 0."""
+    right shape and dtype, and a step count (saved as an int or a 0-d integer array) in [0, 2**63)."""
     if isinstance(fresh, np.ndarray) and fresh.ndim > 0:
         shape = (num_rows,) + fresh.shape[1:]
         if not isinstance(saved, np.ndarray) or saved.shape != shape or saved.dtype != fresh.dtype:
@@ -72,8 +72,8 @@ def _restored_state(key: str, fresh: Any, saved: Any, num_rows: int) -> Any:
         return saved
     if isinstance(saved, np.ndarray) and saved.ndim == 0 and saved.dtype.kind in "iu":
         saved = int(saved)
-    if type(saved) is not int or saved < 0:
-        raise ValueError(f"state[{key!r}] must be an integer >= 0, got {saved!r}")
+    if type(saved) is not int or not 0 <= saved < 2**63:
+        raise ValueError(f"state[{key!r}] must be an integer in [0, 2**63), got {saved!r}")
     if isinstance(fresh, np.ndarray):
         fresh[()] = saved
         return fresh
