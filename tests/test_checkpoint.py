@@ -110,6 +110,7 @@ def test_nan_value_round_trips(tmp_path):
         ({"x": np.array([object()])}, TypeError, "object or structured"),
         ({"x": np.zeros(2, "f4,i4")}, TypeError, "object or structured"),
         ({"x": np.random.RandomState(0)}, TypeError, "cannot save x"),
+        ({"x": np.ma.masked_array([1, 2], mask=[0, 1])}, TypeError, "lose its mask"),
         ({"a": np.zeros(3), "x": lambda: 0}, TypeError, "cannot save x"),
     ],
 )
@@ -240,6 +241,11 @@ def test_torch_state_dict_in_the_same_checkpoint(tmp_path):
     assert "0.weight" in loaded
     fresh = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     fresh.load_state_dict({k: torch.from_numpy(loaded[k]) for k in mlp.state_dict()})
+    with pytest.raises(TypeError, match="does not convert to a numpy array"):
+        embtab.save(tmp_path / "bad", w=torch.ones(2, requires_grad=True))
+    with pytest.raises(TypeError, match="does not convert to a numpy array"):
+        embtab.save(tmp_path / "bad", w=torch.ones(2, dtype=torch.bfloat16))
+    assert not (tmp_path / "bad").exists()
     ids = np.array([[1, 2, 3], [4, 5, 6]])
     x = torch.from_numpy(layer.forward(ids))
     with torch.no_grad():

@@ -182,6 +182,26 @@ def test_loads_during_saves_always_see_a_complete_checkpoint(tmp_path):
     check_clean(path)
 
 
+def test_arrays_written_during_a_save_still_verify(tmp_path):
+    table = np.zeros((1024, 1024), np.float64)  # 8 MB: hashing a chunk takes a while
+    stop = threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            table[:] += 1  # releases the GIL
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(4):
+            embtab.save(tmp_path / "ck", table=table)
+            loaded = embtab.load(tmp_path / "ck")["table"]  # checksum of the bytes in the file
+            assert np.isin(np.unique(loaded), np.arange(loaded.max() + 1)).all()
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Failures:
     """Stand-ins for the os functions a save calls: count them, or fail the n-th with ENOSPC."""
 

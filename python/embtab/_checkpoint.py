@@ -107,6 +107,8 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
     if value is None or type(value) in (bool, int, float, str):
         return
     if type(value) in (list, tuple):
+        if all(item is None or type(item) in (bool, int, float, str) for item in value):
+            return  # the common case (a vocabulary) without a name for each item
         for i, item in enumerate(value):
             _check_json(item, f"{where}[{i}]", depth + 1)
         return
@@ -189,6 +191,8 @@ class _Plan:
         problem = _check_name(name)
         if problem:
             raise ValueError(f"{problem} (in save())")
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(f"cannot save {name}: a masked array would lose its mask; save .data and .mask")
         if isinstance(value, (np.ndarray, np.generic)):
             entry: Dict[str, Any] = {"kind": "array", "file": self.array_file(np.asarray(value), name)}
             if isinstance(value, np.generic):
@@ -204,7 +208,10 @@ class _Plan:
             _check_json(value, name)
             entry = {"kind": "value", "value": value}
         elif hasattr(value, "__array__"):  # a torch tensor from a state_dict, a jax array, ...
-            array = np.asarray(value)
+            try:
+                array = np.asarray(value)
+            except (TypeError, ValueError, RuntimeError) as exc:  # torch: requires_grad, bfloat16, GPU
+                raise TypeError(f"cannot save {name}: it does not convert to a numpy array ({exc})") from None
             entry = {"kind": "array", "file": self.array_file(array, name)}
         else:
             raise TypeError(f"cannot save {name}: expected a numpy array or scalar, an array-like, a "
@@ -240,7 +247,15 @@ def _create_file(dirfd: int, name: str, chunks: Iterator["memoryview | bytes"]) 
     fd = os.open(name, _CREATE_FILE, 0o644, dir_fd=dirfd)
     try:
         digest, size = hashlib.sha256(), 0
+        buffer = memoryview(bytearray(0))
         for chunk in chunks:
+            if not isinstance(chunk, bytes):
+                # Hash and write a private copy of an array's bytes: another thread may be writing
+                # to the array, and the checksum must be that of the bytes in the file.
+                if len(buffer) < len(chunk):
+                    buffer = memoryview(bytearray(len(chunk)))
+                buffer[:len(chunk)] = chunk
+                chunk = buffer[:len(chunk)]
             digest.update(chunk)
             _write_all(fd, chunk)
             size += len(chunk)
@@ -699,7 +714,9 @@ def load(path: "os.PathLike[str] | str", *, mmap: bool = False, verify: bool = T
         train as usual, but changes stay in memory and the checkpoint's files never change (save
         again to keep them). Arrays of zero size are plain arrays.
     verify : bool
-        Check every array file's SHA-256 against the manifest (reads each file once).
+        Check every array file's SHA-256 against the manifest. This reads each file once, also
+        with ``mmap=True``; ``verify=False`` maps without reading (sizes and headers are still
+        checked).
 
     Raises
     ------
