@@ -135,6 +135,16 @@ def test_self_referencing_value_is_refused(tmp_path):
         embtab.save(tmp_path / "ck")
 
 
+def test_values_too_large_for_the_manifest_write_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(embtab._checkpoint, "_MAX_MANIFEST_BYTES", 10_000)
+    embtab.save(tmp_path / "ck", **{f"a{i}": np.zeros((2, 3)) for i in range(20)}, words=["w"] * 300)
+    with pytest.raises(ValueError, match="more than the 10000 load"):
+        embtab.save(tmp_path / "ck", words=["w"] * 3000)
+    with pytest.raises(ValueError, match="more than the 10000 load"):
+        embtab.save(tmp_path / "ck", **{f"a{i}": np.zeros((2, 3)) for i in range(50)})
+    assert embtab.load(tmp_path / "ck")["words"] == ["w"] * 300
+
+
 def test_truncated_data_is_an_error(tmp_path):
     embtab.save(tmp_path / "ck", a=np.arange(1000.0))
     path = file_of(tmp_path / "ck", "a")

@@ -52,7 +52,7 @@ _TMP_SNAP = re.compile(r"\.tmp-snap-([0-9a-f]{32})")
 _TMP_CURRENT = re.compile(r"\.tmp-CURRENT-[0-9a-f]{32}")
 _CURRENT_TEXT = re.compile(rb"(snap-[0-9a-f]{32})\n?")
 _ARRAY_FILE = re.compile(r"[0-9]{1,9}\.npy")
-_DTYPE = re.compile(r"[<>|][biufcmMSU][0-9]{1,4}(\[[0-9]{0,4}[a-zA-Z]{1,2}\])?")
+_DTYPE = re.compile(r"[<>|][biufcmMSU][0-9]{1,9}(\[[0-9]{0,4}[a-zA-Z]{1,2}\])?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 _MAX_NAME_LEN = 256
@@ -125,7 +125,7 @@ def _check_json(value: Any, where: str, depth: int = 0) -> None:
 
 def _check_savable_array(array: np.ndarray, where: str) -> None:
     dtype = array.dtype
-    if dtype.kind not in "biufcmMSU" or dtype.fields is not None or dtype.subdtype is not None:
+    if not _DTYPE.fullmatch(dtype.str) or np.dtype(dtype.str) != dtype:  # what load() accepts
         raise TypeError(f"cannot save {where}: arrays of dtype {dtype} (object or structured) are not supported")
 
 
@@ -427,11 +427,7 @@ def _save_locked(dirfd: int, plan: _Plan) -> None:
             _create_file(snapfd, _MARKER, iter([key.encode("ascii") + b"\n"]))
             files = {name: _write_array(snapfd, name, array) for name, array in plan.arrays}
             manifest = {"format": FORMAT, "version": FORMAT_VERSION, "files": files, "entries": plan.entries}
-            text = json.dumps(manifest, indent=1).encode("ascii")
-            if len(text) > _MAX_MANIFEST_BYTES:
-                raise ValueError(f"the manifest would have {len(text)} bytes, more than the {_MAX_MANIFEST_BYTES} "
-                                 "load() reads: save large data as numpy arrays")
-            _create_file(snapfd, _MANIFEST, iter([text]))
+            _create_file(snapfd, _MANIFEST, iter([json.dumps(manifest).encode("ascii")]))
             os.fsync(snapfd)
         finally:
             os.close(snapfd)
@@ -482,7 +478,8 @@ def save(path: "os.PathLike[str] | str", /, **named: Any) -> None:
     TypeError
         A value of another type, an object or structured array, a dict key that is not str.
     ValueError
-        No values, a bad name, a value nested too deeply or a manifest too large.
+        No values, a bad name, a value nested too deeply, or values too large for the manifest
+        (256 MiB of JSON).
     OSError
         The directory cannot be written (a full disk, ...). The save then removes what it wrote
         and the previous checkpoint stays the current one.
@@ -492,6 +489,11 @@ def save(path: "os.PathLike[str] | str", /, **named: Any) -> None:
     plan = _Plan()
     for name, value in named.items():
         plan.add(name, value)
+    # Each file's description: its name, shape, dtype, size and checksum (< 200 bytes beside the shape).
+    size = len(json.dumps(plan.entries)) + sum(200 + len(str(a.shape)) for _, a in plan.arrays) + 100
+    if size > _MAX_MANIFEST_BYTES:
+        raise ValueError(f"the manifest would have about {size} bytes, more than the {_MAX_MANIFEST_BYTES} load() "
+                         "reads: save large data (a vocabulary of millions of words) as numpy arrays")
     path = os.fspath(path)
     if not os.path.isdir(path):
         os.makedirs(path, exist_ok=True)
