@@ -67,6 +67,8 @@ def edit(path, fn):
 def test_the_fixture_loads(ck):
     loaded = embtab.load(ck)
     assert loaded["opt"].layer is loaded["layer"] and loaded["meta"] == {"epoch": 1}
+    (ck / ".embtab-lock").unlink()  # a copy without the lock file (nothing saves there) loads too
+    assert embtab.load(ck)["meta"] == {"epoch": 1}
 
 
 # --- Item 11: nothing outside the snapshot, regular files only. -----------------------------
