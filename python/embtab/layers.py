@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from . import _core
 from ._arrays import aligned_empty, as_ids, as_values
-from ._checkpoint import register_checkpointable
+from ._checkpoint import bit_generator_state, register_checkpointable, restore_bit_generator
 from ._hashing import hash_buckets, subword_ngrams
 from ._lookup import BoundsMode, PoolMode, gather, gather_bags
 from ._sparse import coalesce, gather_bags_grad
@@ -306,29 +306,36 @@ class _TableLayer:
                 self.grad = coalesce(np.concatenate([old_rows, rows]), np.concatenate([old_grads, grads]))
         return rows, grads
 
-    # Checkpoints: config + arrays; the weight is shared, not copied.
+    # Checkpoints: the constructor's arguments (other than the table's size), the dropout stream's
+    # position, and the weight (shared, not copied).
     def _config(self) -> Dict[str, Any]:
         return {"init": self.init, "std": self.std, "bound": self.bound, "seed": self.seed,
-                "padding_idx": self.padding_idx, "dropout": self.dropout, "bounds": self.bounds,
-                "max_norm": self.max_norm, "norm_type": self.norm_type, "dtype": self.weight.dtype.str}
-
-    def _restore_config(self, config: Dict[str, Any]) -> None:
-        self.init, self.std, self.padding_idx = config["init"], config["std"], config.get("padding_idx")
-        self.bound, self.max_norm = config.get("bound"), config.get("max_norm")
-        self.norm_type = config.get("norm_type", 2.0)
+                "dtype": self.weight.dtype.str, "padding_idx": self.padding_idx, "dropout": self.dropout,
+                "bounds": self.bounds, "max_norm": self.max_norm, "norm_type": self.norm_type}
 
     def _checkpoint_state(self) -> Tuple[Dict[str, Any], Dict[str, NDArray[Any]]]:
-        return self._config(), {"weight": self.weight}
+        return {"settings": self._config(), "rng": bit_generator_state(self._rng.bit_generator)}, {"weight": self.weight}
 
     @classmethod
     def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> Any:
-        layer = cls._build_empty(config, arrays["weight"])
-        layer.weight = arrays["weight"]
+        if set(config) != {"settings", "rng"} or set(arrays) != {"weight"}:
+            raise ValueError(f"expected settings, rng and a weight, got {sorted(config)} and {sorted(arrays)}")
+        settings, weight = config["settings"], arrays["weight"]
+        if not isinstance(settings, dict) or weight.ndim != 2:
+            raise ValueError(f"expected a dict of settings and a 2-D weight, got shape {weight.shape}")
+        # The constructor validates every setting; a table of width 0 costs nothing (the weight
+        # replaces it), and what the built layer reports must be exactly what was saved.
+        layer = cls._build_empty(settings, weight)
+        if layer._config() != settings or layer.weight.shape[0] != weight.shape[0] or layer.weight.dtype != weight.dtype:
+            raise ValueError(f"the settings {settings} do not describe a {cls.__name__} with a weight of shape "
+                             f"{weight.shape} and dtype {weight.dtype}")
+        layer.weight = weight
+        restore_bit_generator(layer._rng.bit_generator, config["rng"], "the dropout stream")
         return layer
 
     @classmethod
     def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> Any:
-        raise NotImplementedError
+        return cls(weight.shape[0], 0, **config)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.num_embeddings}, {self.dim}, dtype={self.weight.dtype})"
@@ -439,13 +446,6 @@ class Embedding(_TableLayer):
                 flat_ids, flat_grads = flat_ids[mask], flat_grads[mask]
             rows, grads = coalesce(flat_ids, np.ascontiguousarray(flat_grads, dtype=self.weight.dtype))
             return self._accumulate(rows, grads)
-
-    @classmethod
-    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "Embedding":
-        layer = cls(0, weight.shape[1], init="zeros", seed=config["seed"], dtype=weight.dtype,
-                    dropout=config["dropout"], bounds=config["bounds"])
-        layer._restore_config(config)
-        return layer
 
 
 @register_checkpointable
@@ -628,13 +628,6 @@ class EmbeddingBag(_TableLayer):
     def _config(self) -> Dict[str, Any]:
         return dict(super()._config(), mode=self.mode)
 
-    @classmethod
-    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "EmbeddingBag":
-        layer = cls(0, weight.shape[1], mode=config["mode"], init="zeros", seed=config["seed"], dtype=weight.dtype,
-                    dropout=config["dropout"], bounds=config["bounds"])
-        layer._restore_config(config)
-        return layer
-
 
 def _is_documents(keys: Any) -> bool:
     return isinstance(keys, (list, tuple)) and len(keys) > 0 and all(isinstance(k, (list, tuple, np.ndarray)) for k in keys)
@@ -699,14 +692,8 @@ class HashEmbedding(EmbeddingBag):
         return self._forward_bags(self.bucket_ids(keys), None, None, True, return_context)
 
     def _config(self) -> Dict[str, Any]:
-        return dict(super()._config(), num_hashes=self.num_hashes, doc_mode=self.doc_mode)
-
-    @classmethod
-    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "HashEmbedding":
-        layer = cls(1, weight.shape[1], num_hashes=config["num_hashes"], seed=config["seed"], mode=config["doc_mode"],
-                    init="zeros", dtype=weight.dtype, dropout=config["dropout"])
-        layer._restore_config(config)
-        return layer
+        return {"num_hashes": self.num_hashes, "seed": self.seed, "mode": self.doc_mode, "init": self.init,
+                "std": self.std, "bound": self.bound, "dtype": self.weight.dtype.str, "dropout": self.dropout}
 
 
 @register_checkpointable
@@ -770,16 +757,10 @@ class SubwordEmbedding(EmbeddingBag):
         return self._forward_bags(ids, offs, None, True, return_context)
 
     def _config(self) -> Dict[str, Any]:
-        return dict(super()._config(), vocab=self.vocab, minn=self.minn, maxn=self.maxn, bucket=self.bucket)
+        return {"vocab": self.vocab, "minn": self.minn, "maxn": self.maxn, "bucket": self.bucket, "init": self.init,
+                "std": self.std, "bound": self.bound, "seed": self.seed, "dtype": self.weight.dtype.str,
+                "dropout": self.dropout}
 
     @classmethod
     def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "SubwordEmbedding":
-        layer = cls.__new__(cls)
-        layer.vocab = list(config["vocab"])
-        layer.word_ids = {w: i for i, w in enumerate(layer.vocab)}
-        layer.minn, layer.maxn, layer.bucket = config["minn"], config["maxn"], config["bucket"]
-        _TableLayer.__init__(layer, 0, weight.shape[1], init="zeros", std=None, seed=config["seed"], dtype=weight.dtype,
-                             padding_idx=None, dropout=config["dropout"], bounds="raise")
-        layer.mode = "mean"
-        layer._restore_config(config)
-        return layer
+        return cls(0, **config)

@@ -36,6 +36,7 @@ added to the gradient of each row in the batch).
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -74,6 +75,25 @@ def _hyper(name: str, value: Any, *, positive: bool = False) -> float:
     return v
 
 
+def _restored_state(key: str, fresh: Any, saved: Any, num_rows: int) -> Any:
+    """A loaded state entry, in the form the constructor made ``fresh``: per-row arrays of the
+    right shape and dtype, and a step count (saved as an int or a 0-d integer array) in [0, 2**63)."""
+    if isinstance(fresh, np.ndarray) and fresh.ndim > 0:
+        shape = (num_rows,) + fresh.shape[1:]
+        if not isinstance(saved, np.ndarray) or saved.shape != shape or saved.dtype != fresh.dtype:
+            got = f"{saved.shape} {saved.dtype}" if isinstance(saved, np.ndarray) else type(saved).__name__
+            raise ValueError(f"state[{key!r}] must be an array of shape {shape} and dtype {fresh.dtype}, got {got}")
+        return saved
+    if isinstance(saved, np.ndarray) and saved.ndim == 0 and saved.dtype.kind in "iu":
+        saved = int(saved)
+    if type(saved) is not int or not 0 <= saved < 2**63:
+        raise ValueError(f"state[{key!r}] must be an integer in [0, 2**63), got {saved!r}")
+    if isinstance(fresh, np.ndarray):
+        fresh[()] = saved
+        return fresh
+    return saved
+
+
 class _SparseOptimizer:
     """Shared driver: validation of the arguments, the step count, the calls into the kernels."""
 
@@ -89,27 +109,47 @@ class _SparseOptimizer:
         self.lr = lr
         self.state: Dict[str, Any] = {}
 
-    # Checkpoints (embtab.save / embtab.load): hyperparameters and scalar state in the manifest,
-    # state arrays as files, the table shared with the layer or array saved beside it.
+    # Checkpoints (embtab.save / embtab.load): the constructor's hyperparameters and the scalar
+    # state (the step count) in the manifest, state arrays as files, the table shared with the layer
+    # or array saved beside it.
+    @classmethod
+    def _hyperparameter_names(cls) -> Tuple[str, ...]:
+        return tuple(inspect.signature(cls.__init__).parameters)[2:]  # after self and table
+
     def _checkpoint_state(self) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-        hyper = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()
-                 if k not in ("table", "layer", "state") and isinstance(v, (int, float, tuple))}
+        hyper: Dict[str, Any] = {}
+        for name in self._hyperparameter_names():
+            if hasattr(self, name):  # not those only used to initialise the state
+                # A schedule cannot be saved: the learning rate it gave last is (as torch's
+                # state_dict keeps param_groups' lr), with the number of steps it has counted.
+                value = self.__dict__.get("lr") if name == "lr" else getattr(self, name)
+                hyper[name] = list(value) if isinstance(value, tuple) else value
         scalars = {k: v for k, v in self.state.items() if not isinstance(v, np.ndarray)}
         arrays = {f"state.{k}": v for k, v in self.state.items() if isinstance(v, np.ndarray)}
         arrays["table"] = self.layer.weight if self.layer is not None else self.table
-        return {"hyper": hyper, "scalars": scalars}, arrays
+        return {"hyper": hyper, "scalars": scalars, "lr_steps": self._lr_steps}, arrays
 
     @classmethod
     def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> "_SparseOptimizer":
-        opt = cls.__new__(cls)
-        opt.layer = None
-        opt.table = arrays["table"]
-        for key, value in config["hyper"].items():
-            setattr(opt, key, tuple(value) if isinstance(value, list) else value)
-        opt.state = dict(config["scalars"])
-        for key, value in arrays.items():
-            if key.startswith("state."):
-                opt.state[key[len("state."):]] = value
+        if set(config) != {"hyper", "scalars", "lr_steps"} or not isinstance(config["hyper"], dict) or not isinstance(config["scalars"], dict):
+            raise ValueError(f"expected hyper, scalars and lr_steps, got {sorted(config)}")
+        lr_steps = config["lr_steps"]
+        if isinstance(lr_steps, bool) or not isinstance(lr_steps, int) or not 0 <= lr_steps < 2**63:
+            raise ValueError(f"lr_steps must be an integer in [0, 2**63), got {lr_steps!r}")
+        table = _check_table(arrays.get("table"))
+        # The constructor validates the hyperparameters; on a 0-row view of the table its fresh
+        # state costs nothing and says what the loaded state must hold.
+        opt = cls(table[:0], **config["hyper"])
+        opt.table, opt._lr_steps = table, lr_steps
+        # A scalar (the step count) may have been saved as an int or as a 0-d array.
+        saved = {k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")}
+        if len(saved) + 1 != len(arrays) or set(saved) & set(config["scalars"]):
+            raise ValueError(f"unexpected arrays {sorted(arrays)} beside the scalars {sorted(config['scalars'])}")
+        saved.update(config["scalars"])
+        if set(saved) != set(opt.state):
+            raise ValueError(f"{cls.__name__} has the state {sorted(opt.state)}, the checkpoint {sorted(saved)}")
+        for key, fresh in opt.state.items():
+            opt.state[key] = _restored_state(key, fresh, saved[key], table.shape[0])
         return opt
 
     # The learning rate. The number lives in the instance's __dict__ under "lr" (the property below
