@@ -644,3 +644,14 @@ def test_shard_that_stays_dead_or_has_no_rows_until_load(ray_local: Any, tmp_pat
             table.gather([0, 1, 2])
         table.load(path)
         np.testing.assert_array_equal(table.to_numpy(), rows)
+
+
+def test_embtab_load_finds_the_sharded_classes_without_an_import(ray_local: Any, tmp_path: Any) -> None:
+    path = str(tmp_path / "ck")
+    with ShardedTable(10, 2, num_shards=1) as table:
+        embtab.save(path, table=table)
+    # A fresh process that never imported embtab.distributed: load() imports it for the entry, so
+    # without Ray the error is the package's own, naming the extra to install.
+    done = run_python(f"import sys; sys.modules['ray'] = None\nimport embtab\nembtab.load({path!r})")
+    assert done.returncode != 0
+    assert "ImportError: embtab.distributed needs Ray: pip install \"embtab[ray]\"" in done.stderr

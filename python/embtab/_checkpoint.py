@@ -16,6 +16,7 @@ snapshot. ``load`` verifies every array's SHA-256 against the manifest.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -131,8 +132,8 @@ def save(path: "os.PathLike[str] | str", **named: Any) -> None:
                     else:
                         files[key] = _write_array(tmp, f"{name}.{key}.npy", np.asarray(arr))
                         written[id(arr)] = f"{name}.{key}"
-                entries[name] = {"kind": "object", "class": type(value).__name__, "config": config, "arrays": files,
-                                 "order": _save_order(value)}
+                entries[name] = {"kind": "object", "class": type(value).__name__, "module": type(value).__module__,
+                                 "config": config, "arrays": files, "order": _save_order(value)}
             else:
                 raise TypeError(f"cannot save {name}: expected a numpy array or an embtab layer or optimizer, "
                                 f"got {type(value).__name__}")
@@ -212,6 +213,16 @@ def _read_array(directory: str, info: Dict[str, Any], mmap: bool, verify: bool) 
     return array
 
 
+def _registered_class(entry: Dict[str, Any]) -> Any:
+    """The class of a saved object. One defined in an optional part of embtab (embtab.distributed)
+    registers itself when its module is imported, so that module is imported first (only embtab's
+    own modules: a checkpoint never makes load() import anything else)."""
+    module = entry.get("module")
+    if entry["class"] not in _REGISTRY and isinstance(module, str) and module.startswith("embtab."):
+        importlib.import_module(module)
+    return _REGISTRY.get(entry["class"])
+
+
 def load(path: "os.PathLike[str] | str", *, mmap: bool = False, verify: bool = True) -> Dict[str, Any]:
     """Load what :func:`save` wrote, as a dict ``name -> array / layer / optimizer``.
 
@@ -262,7 +273,7 @@ def load(path: "os.PathLike[str] | str", *, mmap: bool = False, verify: bool = T
         if entry["kind"] == "array":
             result[name] = loaded[name] = _read_array(directory, entry, mmap, verify)
         elif entry["kind"] == "object":
-            cls = _REGISTRY.get(entry["class"])
+            cls = _registered_class(entry)
             if cls is None:
                 raise CheckpointError(f"{name}: unknown class {entry['class']!r}")
             arrays = {}

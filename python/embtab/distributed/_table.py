@@ -130,7 +130,9 @@ def _group(shard_of: NDArray[np.int64], num_shards: int, sorted_ids: bool, layou
     bounds = np.concatenate([[0], np.cumsum(np.bincount(shard_of, minlength=num_shards))]).astype(np.int64)
     if num_shards == 1 or (sorted_ids and layout.route == "range"):
         return None, bounds
-    return np.argsort(shard_of, kind="stable"), bounds
+    # numpy's stable sort of 16-bit integers is a radix sort: linear, 5-10x faster than on int64.
+    keys = shard_of.astype(np.uint16) if num_shards <= 2**16 else shard_of
+    return np.argsort(keys, kind="stable"), bounds
 
 
 def _take(values: NDArray[Any], order: Optional[NDArray[np.int64]], begin: int, end: int) -> NDArray[Any]:
