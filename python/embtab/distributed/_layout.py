@@ -8,7 +8,7 @@ those numbers ever has to be sent to describe a table.
 from __future__ import annotations
 
 import operator
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,6 +32,15 @@ def check_count(value: Any, name: str, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def group_by_shard(shard: NDArray[np.int64], num_shards: int) -> Tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """``(order, bounds)``: ``order[bounds[s]:bounds[s + 1]]`` are the positions of shard ``s``'s
+    items, in their original order."""
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(shard, minlength=num_shards))]).astype(np.int64)
+    # numpy's stable sort of 16-bit integers is a radix sort: linear, 5-10x faster than on int64.
+    keys = shard.astype(np.uint16) if num_shards <= 2**16 else shard
+    return np.argsort(keys, kind="stable"), bounds
 
 
 class Layout:
@@ -71,26 +80,35 @@ class Layout:
             return np.asarray(embtab.hash_buckets(ids, self.num_shards))
         return np.searchsorted(self.starts, ids, side="right").astype(np.int64) - 1
 
+    def _id_chunks(self) -> Iterator[NDArray[np.int64]]:
+        for begin in range(0, self.num_rows, _OWNED_CHUNK):
+            yield np.arange(begin, min(begin + _OWNED_CHUNK, self.num_rows), dtype=np.int64)
+
     def owned(self, shard: int) -> NDArray[np.int64]:
         """The global ids of ``shard``'s rows, increasing: its local row ``r`` is ``owned[r]``."""
         if self.route == "range" or self.num_shards == 1:
             return np.arange(self.starts[shard], self.starts[shard + 1], dtype=np.int64)
-        parts = []
-        for begin in range(0, self.num_rows, _OWNED_CHUNK):
-            ids = np.arange(begin, min(begin + _OWNED_CHUNK, self.num_rows), dtype=np.int64)
-            parts.append(ids[self.shard_of(ids) == shard])
+        parts = [ids[self.shard_of(ids) == shard] for ids in self._id_chunks()]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def owned_all(self) -> List[NDArray[np.int64]]:
+        """``[owned(0), owned(1), ...]`` in one pass over the ids (the client's view of all shards)."""
+        if self.route == "range" or self.num_shards == 1:
+            return [self.owned(s) for s in range(self.num_shards)]
+        parts: List[List[NDArray[np.int64]]] = [[] for _ in range(self.num_shards)]
+        for ids in self._id_chunks():
+            order, bounds = group_by_shard(self.shard_of(ids), self.num_shards)
+            for s in range(self.num_shards):
+                parts[s].append(ids[order[bounds[s]:bounds[s + 1]]])
+        return [np.concatenate(p) if p else np.zeros(0, np.int64) for p in parts]
 
     def shard_sizes(self) -> NDArray[np.int64]:
         """Rows per shard (the hash route counts them once, chunk by chunk)."""
         if self.route == "range" or self.num_shards == 1:
             return np.diff(self.starts)
         if self._hash_sizes is None:
-            sizes = np.zeros(self.num_shards, np.int64)
-            for begin in range(0, self.num_rows, _OWNED_CHUNK):
-                ids = np.arange(begin, min(begin + _OWNED_CHUNK, self.num_rows), dtype=np.int64)
-                sizes += np.bincount(self.shard_of(ids), minlength=self.num_shards)
-            self._hash_sizes = sizes
+            self._hash_sizes = sum((np.bincount(self.shard_of(ids), minlength=self.num_shards)
+                                    for ids in self._id_chunks()), np.zeros(self.num_shards, np.int64))
         return self._hash_sizes
 
     def to_dict(self) -> Dict[str, Any]:
