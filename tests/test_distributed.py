@@ -655,3 +655,15 @@ def test_embtab_load_finds_the_sharded_classes_without_an_import(ray_local: Any,
     done = run_python(f"import sys; sys.modules['ray'] = None\nimport embtab\nembtab.load({path!r})")
     assert done.returncode != 0
     assert "ImportError: embtab.distributed needs Ray: pip install \"embtab[ray]\"" in done.stderr
+
+
+def test_a_table_passed_to_ray_tasks_is_the_same_table(lookup_table: Any) -> None:
+    table, local = lookup_table(2, "hash")
+
+    @ray.remote
+    def lookup(t: ShardedTable, ids: np.ndarray) -> np.ndarray:
+        return t.gather_bags(ids, mode="max")
+
+    ids = np.random.default_rng(0).integers(0, NUM_ROWS, (20, 4))
+    np.testing.assert_array_equal(ray.get(lookup.remote(table, ids), timeout=120),
+                                  embtab.gather_bags(local, ids, mode="max"))

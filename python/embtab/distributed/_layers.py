@@ -71,13 +71,8 @@ class ShardedEmbeddingBag:
         layer.table, layer.grad, layer._saved = table, None, None
         return layer
 
-    @property
-    def num_embeddings(self) -> int:
-        return self.table.num_rows
-
-    @property
-    def dim(self) -> int:
-        return self.table.dim
+    num_embeddings = property(lambda self: self.table.num_rows, doc="The number of rows of the table.")
+    dim = property(lambda self: self.table.dim, doc="The length of a row.")
 
     def __call__(self, *args: Any, **kwargs: Any) -> NDArray[np.floating]:
         return self.forward(*args, **kwargs)

@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 import embtab
 from embtab._arrays import aligned_empty, aligned_zeros
+from embtab.layers import _check_size
 
 ROUTES = ("hash", "range")
 INITS = ("normal", "uniform", "xavier_uniform", "zeros")
@@ -22,16 +23,6 @@ INITS = ("normal", "uniform", "xavier_uniform", "zeros")
 # Rows hashed at a time when a hash-routed shard lists the rows it owns: bounds the scratch memory
 # (about 20 bytes a row) whatever the table's size.
 _OWNED_CHUNK = 1 << 22
-
-
-def check_count(value: Any, name: str, minimum: int) -> int:
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def group_by_shard(shard: NDArray[np.int64], num_shards: int) -> Tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -53,8 +44,8 @@ class Layout:
     """
 
     def __init__(self, num_rows: int, num_shards: int, route: str) -> None:
-        self.num_rows = check_count(num_rows, "num_rows", 0)
-        self.num_shards = check_count(num_shards, "num_shards", 1)
+        self.num_rows = int(_check_size(num_rows, "num_rows", 0))
+        self.num_shards = int(_check_size(num_shards, "num_shards", 1))
         if route not in ROUTES:
             raise ValueError(f"route must be 'hash' or 'range', got {route!r}")
         self.route = route

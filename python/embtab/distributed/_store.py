@@ -15,11 +15,13 @@ generations: a crash at any moment leaves the manifest naming one complete gener
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import uuid
+from pathlib import Path
 from typing import Any, Dict, Mapping
 
 import numpy as np
@@ -82,16 +84,17 @@ def discard_generations(path: str, keep: str) -> None:
     """Delete every generation and leftover temporary file but ``keep`` (after an interrupted save
     too: only what the manifest names is ever read)."""
     for name in os.listdir(path):
-        if name == keep or not (name.startswith("gen-") or name.startswith(f".{MANIFEST}.")):
-            continue
-        full = os.path.join(path, name)
-        if os.path.isdir(full):
-            shutil.rmtree(full, ignore_errors=True)
-        else:
-            try:
-                os.remove(full)
-            except OSError:
-                pass
+        if name != keep and (name.startswith("gen-") or name.startswith(f".{MANIFEST}.")):
+            _remove(os.path.join(path, name))
+
+
+def _remove(path: str) -> None:
+    """A directory tree or a file; a failure leaves garbage that the next save removes, never an error."""
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with contextlib.suppress(OSError):
+        os.remove(path)
 
 
 def read_manifest(path: str) -> Dict[str, Any]:
@@ -99,14 +102,13 @@ def read_manifest(path: str) -> Dict[str, Any]:
 
     Raises FileNotFoundError when there is none, CheckpointError when it is not one.
     """
-    full = os.path.join(path, MANIFEST)
-    if not os.path.isfile(full):
+    full = Path(path, MANIFEST)
+    if not full.is_file():
         raise FileNotFoundError(f"no sharded checkpoint at {path!r} (no {MANIFEST})")
     try:
-        with open(full, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = json.loads(full.read_text(encoding="utf-8"))
     except (ValueError, OSError) as exc:
         raise CheckpointError(f"corrupt manifest in {path!r}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    if not isinstance(manifest, dict) or (manifest.get("format"), manifest.get("version")) != (FORMAT, VERSION):
         raise CheckpointError(f"{full} is not an embtab sharded checkpoint (format {FORMAT!r} version {VERSION})")
     return manifest

@@ -17,10 +17,10 @@ import embtab
 from embtab._arrays import aligned_empty, as_ids, as_values
 from embtab._checkpoint import register_checkpointable
 from embtab._lookup import PoolMode
-from embtab.layers import _bags_csr
+from embtab.layers import _bags_csr, _check_size
 
 from . import _store
-from ._layout import Layout, check_count, check_init, group_by_shard
+from ._layout import Layout, check_init, group_by_shard
 from ._optimizer import OptimizerSpec, check_optimizer
 from ._shard import Restarted, ShardActor
 
@@ -309,7 +309,7 @@ class ShardedTable:
     def _configure(self, layout: Layout, dim: int, dtype: Any, init: Optional[Dict[str, Any]], optimizer: Any,
                    checkpoint_dir: Any, actor_options: Optional[Dict[str, Any]], timeout: float) -> None:
         self._layout = layout
-        self._dim = check_count(dim, "dim", 1)
+        self._dim = int(_check_size(dim, "dim", 1))
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64) or not dtype.isnative:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
@@ -349,6 +349,13 @@ class ShardedTable:
             raise TimeoutError(f"{len(pending)} of {len(refs)} shard actors did not start within {self._timeout:g} s: "
                                "does the cluster have the resources that actor_options asks for each shard?")
         self._tokens = [info["token"] for info in ray.get(refs)]
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # A copy in another process (a Ray task or trainer) counts its own traffic; Ray hands numpy
+        # arrays over read-only.
+        self.__dict__.update(state)
+        self._sent = np.zeros(self.num_shards, np.int64)
+        self._received = np.zeros(self.num_shards, np.int64)
 
     def close(self) -> None:
         """End the shard actors (their rows go with them: save first). The table is unusable after."""
