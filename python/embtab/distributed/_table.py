@@ -95,8 +95,8 @@ class ShardLost(RuntimeError):
             else:
                 parts.append(f"shard {shard} of {num_shards} was lost; Ray restarted it from {why[shard]} "
                              f"at step {step}")
-        super().__init__("; ".join(parts) + ". This call returned nothing and did nothing on the lost shard; other "
-                         "shards may have run it (table.step_count tells where each shard stands; "
+        super().__init__("; ".join(parts) + ". This call returned nothing and did nothing on the lost "
+                         f"shard{'s' if len(self.lost) > 1 else ''}; other shards may have run it (table.step_count tells where each shard stands; "
                          "table.load(checkpoint_dir) brings them all back to the last checkpoint)")
 
     def __reduce__(self) -> Any:
@@ -129,15 +129,6 @@ def _payload_bytes(value: Any) -> int:
     return 0
 
 
-def _group(shard_of: NDArray[np.int64], num_shards: int, sorted_ids: bool, layout: Layout) -> Tuple[Optional[NDArray[np.int64]], NDArray[np.int64]]:
-    """``(order, bounds)`` as :func:`group_by_shard`, with ``order`` None when the items already
-    come shard by shard (one shard, or sorted ids of the range route)."""
-    if num_shards == 1 or (sorted_ids and layout.route == "range"):
-        bounds = np.concatenate([[0], np.cumsum(np.bincount(shard_of, minlength=num_shards))]).astype(np.int64)
-        return None, bounds
-    return group_by_shard(shard_of, num_shards)
-
-
 def _take(values: NDArray[Any], order: Optional[NDArray[np.int64]], begin: int, end: int) -> NDArray[Any]:
     return values[begin:end] if order is None else values[order[begin:end]]
 
@@ -153,7 +144,8 @@ class _BagsPlan:
         self.unique, self.inverse = np.unique(flat, return_inverse=True)
         self.inverse = self.inverse.reshape(-1)
         unique_shard = layout.shard_of(self.unique)
-        order, bounds = _group(unique_shard, layout.num_shards, True, layout)
+        # Sorted ids of the range route come shard by shard already.
+        order, bounds = group_by_shard(unique_shard, layout.num_shards, grouped=layout.route == "range")
         rank = np.empty(self.unique.size, np.int64)  # position of each distinct id in its shard's list
         within = np.arange(self.unique.size, dtype=np.int64) - np.repeat(bounds[:-1], np.diff(bounds))
         if order is None:
@@ -161,7 +153,7 @@ class _BagsPlan:
         else:
             rank[order] = within
         position_shard = unique_shard[self.inverse]
-        pos_order, pos_bounds = _group(position_shard, layout.num_shards, False, layout)
+        pos_order, pos_bounds = group_by_shard(position_shard, layout.num_shards)
         self.bag_of = np.repeat(np.arange(self.num_bags, dtype=np.int64), np.diff(offsets))
         everywhere = np.arange(flat.size, dtype=np.int64)
         self._keys: Optional[NDArray[np.int64]] = None
@@ -522,7 +514,8 @@ class ShardedTable:
 
     def _split_rows(self, rows: NDArray[np.int64], *values: NDArray[Any]) -> Dict[int, Tuple[NDArray[Any], ...]]:
         """Distinct sorted ids (and arrays aligned with them) split by shard, every shard present."""
-        order, bounds = _group(self._layout.shard_of(rows), self.num_shards, True, self._layout)
+        order, bounds = group_by_shard(self._layout.shard_of(rows), self.num_shards,
+                                       grouped=self._layout.route == "range")
         return {s: tuple(_take(a, order, bounds[s], bounds[s + 1]) for a in (rows,) + values)
                 for s in range(self.num_shards)}
 
