@@ -68,7 +68,6 @@ class ShardActor:
         if self.restarted and checkpoint and os.path.isfile(os.path.join(checkpoint, _store.MANIFEST)):
             manifest = _store.read_manifest(checkpoint)
             self._adopt(*self._read(checkpoint, manifest))
-            self.spec = dict(spec, optimizer=manifest["optimizer"])
             self.source = f"the checkpoint in {checkpoint}"
         elif spec.get("init") is not None:
             self._fresh()
@@ -206,22 +205,20 @@ class ShardActor:
         if self.opt is not None:
             named["optimizer"] = self.opt
         embtab.save(directory, **named)
-        return {"rows": self.num_rows, "step": self.step, "sha256": _store.digest(self._arrays()),
-                "optimizer": self.spec["optimizer"]}
+        return {"rows": self.num_rows, "step": self.step, "sha256": _store.digest(self._arrays())}
 
     def prepare_load(self, path: str, manifest: Dict[str, Any]) -> bool:
         """Read this shard's part of a checkpoint and keep it aside until :meth:`commit_load`, so
         that a load that fails on any shard changes no shard. Whatever incarnation the client
         knew: this is also how a client brings a lost shard back."""
-        self.pending = (path, manifest, self._read(path, manifest))
+        self.pending = (path, self._read(path, manifest))
         return True
 
     def commit_load(self, commit: bool) -> Dict[str, Any]:
         pending, self.pending = self.pending, None
         if commit and pending is not None:
-            path, manifest, (table, opt, step) = pending
+            path, (table, opt, step) = pending
             self._adopt(table, opt, step)
-            self.spec = dict(self.spec, optimizer=manifest["optimizer"])
             self.source = f"the checkpoint in {path}"
             self.calls["load"] += 1
         return dict(self.hello(), loaded=commit and pending is not None)
@@ -234,7 +231,6 @@ class ShardActor:
         table = aligned_empty((self.num_rows, self.dim), self.dtype)
         np.copyto(table, rows)
         self._adopt(table, self._optimizer_for(table, opt_spec, state), step)
-        self.spec = dict(self.spec, optimizer=opt_spec)
         self.source = "the arrays the client sent"
         self.calls["assign"] += 1
         return self.step
