@@ -44,6 +44,22 @@ class ShardedBench:
         return int(table._sent.sum()), int(table._received.sum())
 
 
+class LocalTraining:
+    """The local table and optimizer of a training case, made on first use (tables of the default
+    sizes are 512 MB: one at a time)."""
+
+    def __init__(self, init: np.ndarray) -> None:
+        self.init = init
+        self.table: Any = None
+        self._opt: Any = None
+
+    def opt(self) -> Any:
+        if self._opt is None:
+            self.table = self.init.copy()
+            self._opt = embtab.optim.RowWiseAdagrad(self.table, **OPTIMIZER[1])
+        return self._opt
+
+
 def sharded_case(name: str, sizes: str, bench: ShardedBench, run: Callable[[Any], Any], baseline: Callable[[], Any],
                  check: Callable[[Any, Any], None], batches: IdBatches, items: float, unit: str) -> Case:
     case = Case(name=name, sizes=sizes, run=lambda: None, baseline=baseline, baseline_name="embtab local",
@@ -82,32 +98,30 @@ def cases(config: Config) -> List[Case]:
             lambda a, e: assert_close(a, e), b, b.bag_ids.size, "ids"))
 
         # A training step: forward, the gradient of 0.5 ||out - target||^2, the fused update.
-        local = init.copy()
-        opt = embtab.optim.RowWiseAdagrad(local, **OPTIMIZER[1])
+        local = LocalTraining(init)
         training = ShardedBench(init, num_shards, OPTIMIZER)
 
         def sharded_step(t: Any) -> None:
             t.step_bags(t.gather_bags(b.bag_ids) - target, b.bag_ids)
 
-        def local_step(local: np.ndarray = local, opt: Any = opt) -> None:
-            opt.step_bags(embtab.gather_bags(local, b.bag_ids) - target, b.bag_ids)
+        def local_step(local: LocalTraining = local) -> None:
+            local.opt().step_bags(embtab.gather_bags(local.table, b.bag_ids) - target, b.bag_ids)
 
-        def same_rows(_: Any, __: Any, training: ShardedBench = training, local: np.ndarray = local) -> None:
+        def same_rows(_: Any, __: Any, training: ShardedBench = training, local: LocalTraining = local) -> None:
             # One step each from the same table: the touched rows must be equal, bitwise (one shard)
             # or to the rounding of the forward pass's partial sums (several).
             touched = np.unique(b.bag_ids)
             got = training.get().gather(touched)
-            (assert_equal if training.num_shards == 1 else assert_close)(got, local[touched])
+            (assert_equal if training.num_shards == 1 else assert_close)(got, local.table[touched])
 
         out.append(sharded_case(
             f"distributed_train_step_{num_shards}sh", f"{base}, {bag_sizes}, {num_shards} shard(s), row-wise Adagrad",
             training, sharded_step, local_step, same_rows, b, b.bag_ids.size, "ids"))
 
-        # The fixed cost of a call: a lookup of one id.
+        # The fixed cost of a call: a lookup of one id (on the lookup case's shards).
         one = IdBatches([{"ids": np.array([k], np.int64)} for k in (1, config.num_rows // 2, config.num_rows - 1)])
-        tiny = ShardedBench(init, num_shards)
         out.append(sharded_case(
-            f"distributed_call_overhead_{num_shards}sh", f"gather of 1 id, {num_shards} shard(s)", tiny,
+            f"distributed_call_overhead_{num_shards}sh", f"gather of 1 id, {num_shards} shard(s)", lookup,
             lambda t, one=one: t.gather(one.ids), lambda one=one: embtab.gather(init, one.ids),
             lambda a, e: assert_equal(a, e), one, 1, "calls"))
     return out
