@@ -239,11 +239,16 @@ class ShardedTable:
       in order: the results agree to float rounding, within ``(len(bag) - 1) * eps`` times the
       sum of the terms' magnitudes (eps = 2**-24 for float32). With one shard they are bitwise
       equal, and they are bitwise the same on every run.
-    - ``step`` and ``step_bags`` update every row bitwise as the local optimizer does: the client
-      forms each row's summed gradient with :func:`embtab.coalesce` /
+    - ``step`` and ``step_bags`` update every row bitwise as the local optimizer does with the same
+      gradients: the client forms each row's summed gradient with :func:`embtab.coalesce` /
       :func:`embtab.gather_bags_grad`, which add a row's contributions in their original order as
       the local fused step does, and the row's shard applies it. Every shard counts every step
-      (Adam's bias correction and Adagrad's ``lr_decay`` see the same step as locally).
+      (Adam's bias correction and Adagrad's ``lr_decay`` see the same step as locally). A training
+      loop whose gradients come from ``gather_bags`` sums therefore follows the local run to the
+      rounding of those sums (bitwise with one shard).
+
+    Calls from several threads (or processes holding a copy of the table) are allowed: each shard
+    runs one call at a time, in the order they reach it.
     """
 
     def __init__(self, num_rows: int, dim: int, *, num_shards: int, route: str = "hash", dtype: Any = np.float32,
