@@ -73,13 +73,16 @@ def test_shards_on_separate_nodes_and_a_lost_node(nodes: Any, tmp_path: Any, cap
     assert table.to_numpy().tobytes() == local.tobytes()
     table.save()
 
-    # The node of shard 2 goes away: Ray restarts the shard on the spare node, from the checkpoint.
-    gone = stats[2]["node_id"]
-    nodes.remove_node(next(n for n in nodes.worker_nodes if n.node_id == gone))
+    # The node of a shard goes away (a worker node: the head cannot be removed). Ray restarts the
+    # shard on the node that is free, from the checkpoint.
+    workers = {n.node_id: n for n in nodes.worker_nodes}
+    shard = next(e["shard"] for e in stats if e["node_id"] in workers)
+    gone = stats[shard]["node_id"]
+    nodes.remove_node(workers[gone])
     with pytest.raises(ShardLost) as info:
         table.gather(np.arange(1000))
-    assert info.value.lost == {2: 10}
-    moved = table.stats()[2]
+    assert info.value.lost == {shard: 10}
+    moved = table.stats()[shard]
     assert moved["alive"] and moved["node_id"] != gone
     np.testing.assert_array_equal(table.gather(np.arange(1000)), local)
     table.close()
