@@ -25,6 +25,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import importlib
 import io
 import json
 import math
@@ -81,8 +82,33 @@ def register_checkpointable(cls: Type[Any]) -> Type[Any]:
     and the class ``_from_checkpoint(config, arrays)``, which validates ``config`` (raising
     TypeError / ValueError / KeyError for a bad one) and ``_checkpoint_order`` (0 for objects
     that own arrays, 1 for those that refer to another object's arrays)."""
-    _REGISTRY[cls.__name__] = cls
+    _REGISTRY[_class_name(cls)] = cls
     return cls
+
+
+def _class_name(cls: Type[Any]) -> str:
+    """The name a class is saved under: its own ``_checkpoint_name`` where it has one (the classes
+    of embtab's optional parts, "torch.Embedding", "distributed.ShardedTable", so that they never
+    clash with embtab.Embedding), else its name."""
+    return str(cls.__dict__.get("_checkpoint_name", cls.__name__))
+
+
+# The optional parts of embtab whose classes register themselves when imported: a checkpoint that
+# holds "torch.Embedding" makes load() import embtab.torch first (and nothing else: a manifest never
+# makes load() import a module outside this list).
+_OPTIONAL_PARTS = {"torch": "embtab.torch", "distributed": "embtab.distributed"}
+
+
+def _registered_class(name: Any) -> Optional[Type[Any]]:
+    if not isinstance(name, str):
+        return None
+    part = name.split(".", 1)[0] if "." in name else None
+    if name not in _REGISTRY and part in _OPTIONAL_PARTS:
+        try:
+            importlib.import_module(_OPTIONAL_PARTS[part])
+        except ImportError as exc:
+            raise CheckpointError(f"the checkpoint holds a {name}, which needs {_OPTIONAL_PARTS[part]}: {exc}") from None
+    return _REGISTRY.get(name)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,11 +225,11 @@ class _Plan:
                 entry["scalar"] = True
         elif isinstance(value, np.random.Generator):
             entry = {"kind": "generator", "state": bit_generator_state(value.bit_generator)}
-        elif _REGISTRY.get(type(value).__name__) is type(value):
+        elif _REGISTRY.get(_class_name(type(value))) is type(value):
             config, arrays = value._checkpoint_state()
             _check_json(config, f"the settings of {name}")
             files = {key: self.array_file(arr, f"{name}.{key}") for key, arr in arrays.items()}
-            entry = {"kind": "object", "class": type(value).__name__, "config": config, "arrays": files}
+            entry = {"kind": "object", "class": _class_name(type(value)), "config": config, "arrays": files}
         elif value is None or isinstance(value, (bool, int, float, str, list, tuple, dict)):
             _check_json(value, name)
             entry = {"kind": "value", "value": value}
@@ -617,7 +643,7 @@ def _check_entry(name: str, entry: Any, files: Dict[str, Any]) -> Tuple[Dict[str
     if kind == "array" and entry.get("scalar", True) is not True:
         raise CheckpointError(f"entry {name!r}: scalar must be true when present")
     if kind == "object":
-        cls = _REGISTRY.get(entry["class"]) if isinstance(entry["class"], str) else None
+        cls = _registered_class(entry["class"])
         if cls is None:
             raise CheckpointError(f"entry {name!r}: unknown class {str(entry['class'])[:80]!r}")
         if not isinstance(entry["config"], dict) or not isinstance(entry["arrays"], dict):
