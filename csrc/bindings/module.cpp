@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   embtab::bind::register_sparse(m);
   embtab::bind::register_hashing(m);
   embtab::bind::register_lowp(m);
+  embtab::bind::register_dynamic(m);
 }

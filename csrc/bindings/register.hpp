@@ -11,6 +11,7 @@ void register_lookup(pybind11::module_& m);
 void register_sparse(pybind11::module_& m);
 void register_hashing(pybind11::module_& m);
 void register_lowp(pybind11::module_& m);
+void register_dynamic(pybind11::module_& m);
 
 }  // namespace bind
 }  // namespace embtab

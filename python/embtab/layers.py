@@ -20,11 +20,12 @@ from numpy.typing import ArrayLike, NDArray
 
 from ._arrays import aligned_empty, as_ids
 from ._checkpoint import register_checkpointable
+from ._dynamic import DynamicEmbeddingBag
 from ._hashing import hash_buckets, subword_ngrams
 from ._lookup import BoundsMode, PoolMode, gather, gather_bags
 from ._sparse import coalesce, gather_bags_grad
 
-__all__ = ["Embedding", "EmbeddingBag", "HashEmbedding", "SubwordEmbedding"]
+__all__ = ["DynamicEmbeddingBag", "Embedding", "EmbeddingBag", "HashEmbedding", "SubwordEmbedding"]
 
 _INITS = ("normal", "uniform", "xavier_uniform", "zeros")
 

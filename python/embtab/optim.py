@@ -22,9 +22,10 @@ added to the gradient of each row in the batch).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -65,12 +66,19 @@ class _SparseOptimizer:
 
     _kind = ""
     _checkpoint_order = 1  # saved after the layers whose tables it updates
+    # An embtab.DynamicTable whose rows this optimizer updates: ids are then its keys, and the table
+    # owns the state arrays (see DynamicTable._new_state / _update).
+    _dynamic: Any = None
 
     def __init__(self, table: Any, lr: float) -> None:
         # A layer (embtab.layers) may stand for its table: step() then applies layer.grad.
         self.layer: Any = None
+        owner = table
         if not isinstance(table, np.ndarray) and hasattr(table, "weight") and hasattr(table, "backward"):
             self.layer, table = table, table.weight
+        self._dynamic = getattr(owner, "_dynamic_table", None)
+        if self._dynamic is not None:
+            table = self._dynamic.weight
         self.table: NDArray[np.floating] = _check_table(table)
         self.lr = _hyper("lr", lr)
         self.state: Dict[str, Any] = {}
@@ -78,6 +86,8 @@ class _SparseOptimizer:
     # Checkpoints (embtab.save / embtab.load): hyperparameters and scalar state in the manifest,
     # state arrays as files, the table shared with the layer or array saved beside it.
     def _checkpoint_state(self) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+        if self._dynamic is not None:
+            self._dynamic._sync(self)  # the table's current arrays, shared with its own checkpoint
         hyper = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()
                  if k not in ("table", "layer", "state") and isinstance(v, (int, float, tuple))}
         scalars = {k: v for k, v in self.state.items() if not isinstance(v, np.ndarray)}
@@ -102,6 +112,7 @@ class _SparseOptimizer:
         """After loading: the layer whose weight is this optimizer's table, if any."""
         if owner is not None and hasattr(owner, "backward"):
             self.layer = owner
+        self._dynamic = getattr(owner, "_dynamic_table", None)
 
     # Subclasses: the two state arrays the kernel updates, and the hyperparameters of step number
     # `step` (1-based, the step about to be taken).
@@ -110,6 +121,27 @@ class _SparseOptimizer:
 
     def _params(self, step: int) -> Dict[str, float]:
         return {"lr": _hyper("lr", self.lr)}
+
+    def _new_state(self, name: str, fill: float, per_row: bool = False) -> np.ndarray:
+        """State array `name`: one row (per_row: one value) per table row, starting at `fill`."""
+        if self._dynamic is not None:
+            return self._dynamic._new_state(self, name, fill, per_row)
+        shape = self.table.shape[:1] if per_row else self.table.shape
+        if fill == 0.0:
+            return aligned_zeros(shape, self.table.dtype)  # untouched pages cost nothing
+        state = aligned_empty(shape, self.table.dtype)
+        state.fill(fill)
+        return state
+
+    @contextlib.contextmanager
+    def _rows(self, ids: Any) -> Iterator[Any]:
+        """The rows to update for `ids`: the ids themselves, or a DynamicTable's rows of these keys
+        (the table held meanwhile; the step then counts as one of its steps)."""
+        if self._dynamic is None:
+            yield as_ids(ids)
+        else:
+            with self._dynamic._update(self) as rows_of:
+                yield rows_of(ids)
 
     def _next_step(self) -> int:
         return int(self.state.get("step", 0)) + 1
@@ -150,8 +182,9 @@ class _SparseOptimizer:
         elif ids is None or grads is None:
             raise TypeError("step() takes both ids and grads, or neither")
         step = self._next_step()
-        s1, s2 = self._state_arrays()
-        _core.optim_step(self._kind, self.table, s1, s2, as_ids(ids), as_values(grads, self.table), **self._params(step))
+        with self._rows(ids) as rows:
+            s1, s2 = self._state_arrays()
+            _core.optim_step(self._kind, self.table, s1, s2, rows, as_values(grads, self.table), **self._params(step))
         self._finish_step(step)
 
     def step_bags(
@@ -181,25 +214,25 @@ class _SparseOptimizer:
             forward pass).
         """
         step = self._next_step()
-        ids = as_ids(ids)
         if offsets is not None:
             offsets = as_ids(offsets)
-        if mode == "max" and argmax is None:
-            _, argmax = gather_bags(self.table, ids, offsets, mode="max", return_argmax=True)
-        s1, s2 = self._state_arrays()
-        _core.optim_step_bags(
-            self._kind,
-            self.table,
-            s1,
-            s2,
-            grad_out,
-            ids,
-            offsets,
-            mode,
-            as_values(weights, grad_out),
-            argmax,
-            **self._params(step),
-        )
+        with self._rows(ids) as ids:
+            if mode == "max" and argmax is None:
+                _, argmax = gather_bags(self.table, ids, offsets, mode="max", return_argmax=True)
+            s1, s2 = self._state_arrays()
+            _core.optim_step_bags(
+                self._kind,
+                self.table,
+                s1,
+                s2,
+                grad_out,
+                ids,
+                offsets,
+                mode,
+                as_values(weights, grad_out),
+                argmax,
+                **self._params(step),
+            )
         self._finish_step(step)
 
     def __repr__(self) -> str:
@@ -261,12 +294,7 @@ class Adagrad(_SparseOptimizer):
         self.eps = _hyper("eps", eps)
         self.lr_decay = _hyper("lr_decay", lr_decay)
         init = _hyper("initial_accumulator_value", initial_accumulator_value)
-        if init == 0.0:
-            acc = aligned_zeros(self.table.shape, self.table.dtype)  # untouched pages cost nothing
-        else:
-            acc = aligned_empty(self.table.shape, self.table.dtype)
-            acc.fill(init)
-        self.state = {"sum": acc, "step": 0}
+        self.state = {"sum": self._new_state("sum", init), "step": 0}
 
     def _state_arrays(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         return self.state["sum"], None
@@ -313,7 +341,7 @@ class RowWiseAdagrad(_SparseOptimizer):
         self.eps = _hyper("eps", eps)
         self.weight_decay = _hyper("weight_decay", weight_decay)
         init = _hyper("initial_accumulator_value", initial_accumulator_value)
-        self.state = {"sum": np.full(self.table.shape[0], init, self.table.dtype)}
+        self.state = {"sum": self._new_state("sum", init, per_row=True)}
 
     def _state_arrays(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         return self.state["sum"], None
@@ -363,11 +391,8 @@ class Adam(_SparseOptimizer):
         super().__init__(table, lr)
         self.eps = _hyper("eps", eps, positive=True)
         self.betas = self._check_betas(betas)
-        self.state = {
-            "exp_avg": aligned_zeros(self.table.shape, self.table.dtype),
-            "exp_avg_sq": aligned_zeros(self.table.shape, self.table.dtype),
-            "step": 0,
-        }
+        self.state = {"exp_avg": self._new_state("exp_avg", 0.0), "exp_avg_sq": self._new_state("exp_avg_sq", 0.0),
+                      "step": 0}
 
     @staticmethod
     def _check_betas(betas: Any) -> Tuple[float, float]:
