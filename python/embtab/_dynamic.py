@@ -314,7 +314,8 @@ class DynamicTable:
                 if i > 0:
                     table._table.add_column(1 if per_row else table.dim, float(fill))
                     table._columns.append((name, bool(per_row)))
-                rows.append(np.asarray(arrays["weight" if i == 0 else f"state.{name}"]).reshape(int(config["high_water"]), -1))
+                width = 1 if per_row else table.dim
+                rows.append(np.asarray(arrays["weight" if i == 0 else f"state.{name}"]).reshape(int(config["high_water"]), width))
             snap = {k: arrays[k] for k in _SNAPSHOT_ARRAYS}
             snap.update({k: int(config[k]) for k in _SNAPSHOT_COUNTERS})
             table._table.restore(snap, rows)
