@@ -40,15 +40,12 @@ def _as_keys(keys: Any) -> Any:
     """int64 keys from ints or str / bytes (hashed); other inputs pass on for the binding to refuse."""
     if isinstance(keys, (str, bytes)):
         return _hash_keys([keys]).reshape(())
-    if isinstance(keys, (list, tuple)):
-        if any(isinstance(k, (str, bytes)) for k in keys):
-            return _hash_keys(list(keys))  # a non-str item in the list is a TypeError there
-        keys = np.asarray(keys)
-    elif not isinstance(keys, np.ndarray):
-        keys = np.asarray(keys)
+    if isinstance(keys, (list, tuple)) and any(isinstance(k, (str, bytes)) for k in keys):
+        return _hash_keys(list(keys))  # a non-str item in the list is a TypeError there
+    keys = as_ids(keys)
     if keys.dtype.kind in "USO" and keys.size:
         return _hash_keys(keys)
-    return as_ids(keys)
+    return keys
 
 
 def _seed64(seed: Any) -> int:
