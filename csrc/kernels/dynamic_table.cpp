@@ -148,6 +148,11 @@ class KeySet {
  public:
   explicit KeySet(int64_t expected) : mask_(static_cast<uint64_t>(pow2_at_least(2 * expected + 1)) - 1),
                                       keys_(mask_ + 1), used_(mask_ + 1, 0) {}
+  void prefetch(int64_t key) const {
+    const uint64_t i = slot_hash(key) & mask_;
+    __builtin_prefetch(&keys_[i], 1, 3);
+    __builtin_prefetch(&used_[i], 1, 3);
+  }
   // True if `key` was not in the set.
   bool insert(int64_t key) {
     for (uint64_t i = slot_hash(key) & mask_;; i = (i + 1) & mask_) {
@@ -272,11 +277,12 @@ void dynamic_init_row(InitKind init, double scale, uint64_t seed, int64_t key, i
 // ---------------------------------------------------------------------------------------------
 // The table
 
+// 16 bytes, so that a probe reads one cache line (4 slots a line); the stamps, which only calls
+// that change the table read, are a parallel array.
 struct DynamicTable::Slot {
   int64_t key;
   int32_t row;  // >= 0, or kEmpty / kPending / kDeleted
   uint32_t count;
-  uint64_t stamp;  // step << 32 | call within the step, of the last call that saw the key
 };
 
 namespace {
@@ -314,6 +320,7 @@ struct DynamicTable::Impl {
   // Readers read slots / mask / column blocks under `readers` (shared); the writer replaces them
   // only while it holds `readers` alone.
   std::unique_ptr<Slot[]> slots;
+  std::unique_ptr<uint64_t[]> stamps;  // per slot: step << 32 | call within the step, of the last call that saw it
   uint64_t mask = 0;
   int64_t used = 0, deleted = 0;  // used: live + pending slots; deleted: tombstones
   std::atomic<int64_t> live{0}, high_water{0};
@@ -332,6 +339,7 @@ struct DynamicTable::Impl {
     if (c.max_rows >= 0) reserve = std::min(reserve, c.max_rows);
     const int64_t n = pow2_at_least(static_cast<int64_t>(static_cast<double>(reserve) / kMaxLoad) + 1);
     slots = new_slots(n);
+    stamps.reset(new uint64_t[static_cast<std::size_t>(n)]);
     mask = static_cast<uint64_t>(n) - 1;
     columns.push_back(Column{c.dim, 0.0, nullptr});
     row_cap = reserve;
@@ -385,7 +393,7 @@ struct DynamicTable::Impl {
     if (s.row == kDeleted) --deleted;
     __atomic_store_n(&s.key, key, __ATOMIC_RELAXED);
     s.count = count;
-    s.stamp = stamp;
+    stamps[i] = stamp;
     __atomic_store_n(&s.row, row, __ATOMIC_RELEASE);
     ++used;
   }
@@ -402,6 +410,7 @@ struct DynamicTable::Impl {
     if (static_cast<double>(used + deleted + incoming) <= kMaxLoad * static_cast<double>(cap)) return;
     const int64_t n = pow2_at_least(2 * (used + incoming));
     std::unique_ptr<Slot[]> fresh = new_slots(n);
+    std::unique_ptr<uint64_t[]> fresh_stamps(new uint64_t[static_cast<std::size_t>(n)]);
     const uint64_t m = static_cast<uint64_t>(n) - 1;
     for (int64_t i = 0; i < cap; ++i) {
       const Slot& s = slots[i];
@@ -409,9 +418,11 @@ struct DynamicTable::Impl {
       uint64_t j = slot_hash(s.key) & m;
       while (fresh[j].row != kEmpty) j = (j + 1) & m;
       fresh[j] = s;
+      fresh_stamps[j] = stamps[i];
     }
     Exclusive<ReadersLock> alone(readers);
     slots = std::move(fresh);
+    stamps = std::move(fresh_stamps);
     mask = m;
     deleted = 0;
   }
@@ -476,7 +487,7 @@ struct DynamicTable::Impl {
   }
   Victim score(int64_t slot) const {
     const Slot& s = slots[slot];
-    return Victim{config.evict == EvictPolicy::lfu ? s.count : 0u, s.stamp, s.row, slot};
+    return Victim{config.evict == EvictPolicy::lfu ? s.count : 0u, stamps[slot], s.row, slot};
   }
   // The k admitted keys of smallest score that the current call (stamp `now`) did not use,
   // smallest first.
@@ -485,7 +496,7 @@ struct DynamicTable::Impl {
     const int64_t cap = slot_cap();
     for (int64_t i = 0; i < cap; ++i) {
       const Slot& s = slots[i];
-      if (s.row < 0 || s.stamp == now) continue;
+      if (s.row < 0 || stamps[i] == now) continue;
       const Victim v = score(i);
       if (static_cast<int64_t>(worst.size()) < k) {
         worst.push(v);
@@ -558,7 +569,11 @@ struct DynamicTable::Impl {
         const int64_t end = static_cast<int64_t>(e);
         int64_t local = 0;
         for (int64_t i = static_cast<int64_t>(b); i < end; ++i) {
-          if (i + kProbeAhead < end) prefetch_slot(keys[i + kProbeAhead]);
+          if (i + kProbeAhead < end) {
+            const uint64_t ahead = slot_hash(keys[i + kProbeAhead]) & mask;
+            __builtin_prefetch(&s[ahead], 0, 3);
+            __builtin_prefetch(&stamps[ahead], 1, 3);
+          }
           const int64_t key = keys[i];
           const int64_t at = find_slot(s, mask, key);
           if (at < 0) {
@@ -568,7 +583,7 @@ struct DynamicTable::Impl {
           }
           Slot& slot = s[at];
           add_count(&slot.count, 1);
-          if (__atomic_load_n(&slot.stamp, __ATOMIC_RELAXED) != now) __atomic_store_n(&slot.stamp, now, __ATOMIC_RELAXED);
+          if (__atomic_load_n(&stamps[at], __ATOMIC_RELAXED) != now) __atomic_store_n(&stamps[at], now, __ATOMIC_RELAXED);
           if (slot.row >= 0) {
             rows[i] = slot.row;
             ++local;
@@ -590,37 +605,47 @@ struct DynamicTable::Impl {
     if (num_listed == 0) return;
 
     // 2. Unknown keys become pending, in order of first occurrence (sequential: the slot layout, and
-    //    so everything after, is the same for every thread count).
-    int64_t incoming = num_listed;
-    if (static_cast<double>(used + deleted + incoming) > kMaxLoad * static_cast<double>(slot_cap())) {
-      KeySet distinct(num_listed);
-      incoming = 0;
-      for (const auto& list : lists)
-        for (const Miss& m : list) incoming += m.slot < 0 && distinct.insert(m.key);
+    //    so everything after, is the same for every thread count). Loops over keys in order look
+    //    kProbeAhead keys ahead, so that many cache misses are in flight at once.
+    std::vector<Miss> listed;
+    listed.reserve(static_cast<std::size_t>(num_listed));
+    for (auto& list : lists) listed.insert(listed.end(), list.begin(), list.end());
+    lists = {};
+    const int64_t num = static_cast<int64_t>(listed.size());
+    int64_t num_pending = 0;  // listed positions of keys already pending
+    for (const Miss& m : listed) num_pending += m.slot >= 0;
+    if (static_cast<double>(used + deleted + num - num_pending) > kMaxLoad * static_cast<double>(slot_cap())) {
+      // Room for the distinct new keys (counted, not bounded by their positions, which may repeat).
+      KeySet distinct(num - num_pending);
+      int64_t incoming = 0;
+      for (int64_t k = 0; k < num; ++k) {
+        if (k + kProbeAhead < num) distinct.prefetch(listed[k + kProbeAhead].key);
+        if (listed[k].slot < 0) incoming += distinct.insert(listed[k].key);
+      }
       const Slot* before = slots.get();
       reserve_slots(incoming);
-      if (slots.get() != before) {
-        for (auto& list : lists)
-          for (Miss& m : list)
-            if (m.slot >= 0) m.slot = find_slot(slots.get(), mask, m.key);
-      }
+      if (slots.get() != before)
+        for (Miss& m : listed)
+          if (m.slot >= 0) m.slot = find_slot(slots.get(), mask, m.key);
     }
     std::vector<int64_t> candidates;  // slots of pending keys, by first occurrence
     {
-      KeySet seen(num_listed);
-      for (auto& list : lists) {
-        for (Miss& m : list) {
-          if (m.slot < 0) {
-            const int64_t at = find_or_place(m.key);
-            if (at >= 0) {
-              m.slot = at;
-              add_count(&slots[at].count, 1);
-            } else {
-              m.slot = -at - 1;
-              publish(m.slot, m.key, kPending, 1, now);
-            }
-          }
+      KeySet seen(num_pending);  // pending keys met so far (new keys are met once: when published)
+      for (int64_t k = 0; k < num; ++k) {
+        if (k + kProbeAhead < num) prefetch_slot(listed[k + kProbeAhead].key);
+        Miss& m = listed[k];
+        if (m.slot >= 0) {
           if (seen.insert(m.key)) candidates.push_back(m.slot);
+          continue;
+        }
+        const int64_t at = find_or_place(m.key);
+        if (at >= 0) {
+          m.slot = at;  // a repeat of a key first met in this call
+          add_count(&slots[at].count, 1);
+        } else {
+          m.slot = -at - 1;
+          publish(m.slot, m.key, kPending, 1, now);
+          candidates.push_back(m.slot);
         }
       }
     }
@@ -632,6 +657,7 @@ struct DynamicTable::Impl {
     std::size_t next_victim = 0;
     bool victims_chosen = false;
     for (std::size_t k = 0; k < candidates.size(); ++k) {
+      if (k + kProbeAhead < candidates.size()) __builtin_prefetch(&slots[candidates[k + kProbeAhead]], 0, 3);
       const int64_t at = candidates[k];
       if (slots[at].count < static_cast<uint64_t>(config.admit_after)) continue;
       int64_t row = -1;
@@ -661,16 +687,24 @@ struct DynamicTable::Impl {
     // 4. Initialise the rows (unreachable until published), then publish them.
     std::vector<std::pair<int64_t, int64_t>> rows_keys;
     rows_keys.reserve(taken.size());
-    for (const auto& t : taken) rows_keys.emplace_back(t.first, slots[t.second].key);
+    for (std::size_t k = 0; k < taken.size(); ++k) {
+      if (k + kProbeAhead < taken.size()) __builtin_prefetch(&slots[taken[k + kProbeAhead].second], 0, 3);
+      rows_keys.emplace_back(taken[k].first, slots[taken[k].second].key);
+    }
     init_rows(rows_keys);
     high_water = next_fresh;
-    for (const auto& t : taken) __atomic_store_n(&slots[t.second].row, static_cast<int32_t>(t.first), __ATOMIC_RELEASE);
+    for (std::size_t k = 0; k < taken.size(); ++k) {
+      if (k + kProbeAhead < taken.size()) __builtin_prefetch(&slots[taken[k + kProbeAhead].second], 1, 3);
+      __atomic_store_n(&slots[taken[k].second].row, static_cast<int32_t>(taken[k].first), __ATOMIC_RELEASE);
+    }
     live += static_cast<int64_t>(taken.size());
     admitted += static_cast<int64_t>(taken.size());
 
     // 5. Rows of the listed positions.
-    for (const auto& list : lists)
-      for (const Miss& m : list) rows[m.pos] = std::max<int32_t>(slots[m.slot].row, -1);
+    for (int64_t k = 0; k < num; ++k) {
+      if (k + kProbeAhead < num) __builtin_prefetch(&slots[listed[k + kProbeAhead].slot], 0, 3);
+      rows[listed[k].pos] = std::max<int32_t>(slots[listed[k].slot].row, -1);
+    }
   }
   // --- removal ---------------------------------------------------------------------------------
 
@@ -700,7 +734,7 @@ struct DynamicTable::Impl {
     const int64_t cap = slot_cap();
     for (int64_t i = 0; i < cap; ++i) {
       const Slot& sl = slots[i];
-      if (sl.row == kEmpty || sl.row == kDeleted || (sl.stamp >> 32) >= oldest) continue;
+      if (sl.row == kEmpty || sl.row == kDeleted || (stamps[i] >> 32) >= oldest) continue;
       if (sl.row >= 0)
         expired.emplace_back(sl.row, i);
       else
@@ -717,7 +751,7 @@ struct DynamicTable::Impl {
 
   // Admitted keys in row order, then pending keys in key order: (key, row, count, stamp).
   void entries(std::vector<int64_t>& keys, std::vector<int64_t>& rows, std::vector<uint32_t>* counts,
-               std::vector<uint64_t>* stamps, bool with_pending) const {
+               std::vector<uint64_t>* stamps_out, bool with_pending) const {
     std::vector<std::pair<int64_t, int64_t>> order;  // (row or key, slot)
     std::vector<std::pair<int64_t, int64_t>> pending;
     const int64_t cap = slot_cap();
@@ -738,7 +772,7 @@ struct DynamicTable::Impl {
       keys.push_back(sl.key);
       rows.push_back(std::max<int32_t>(sl.row, -1));
       if (counts) counts->push_back(sl.count);
-      if (stamps) stamps->push_back(sl.stamp);
+      if (stamps_out) stamps_out->push_back(stamps[o.second]);
     }
   }
 };
@@ -870,7 +904,7 @@ DynamicStats DynamicTable::stats() const {
   s.pending = m.used - s.rows;
   s.row_capacity = m.row_cap;
   s.slot_capacity = m.slot_cap();
-  s.bytes = s.slot_capacity * static_cast<int64_t>(sizeof(Slot));
+  s.bytes = s.slot_capacity * static_cast<int64_t>(sizeof(Slot) + sizeof(uint64_t));
   for (const Column& col : m.columns) s.bytes += col.block->rows() * col.block->row_bytes();
   s.bytes += static_cast<int64_t>(m.free_rows.size() * sizeof(int64_t));
   s.hits = m.hits.load();
@@ -1018,6 +1052,7 @@ void DynamicTable::close() {
   Exclusive<ReadersLock> alone(m.readers);
   m.closed = true;
   m.slots.reset();
+  m.stamps.reset();
   m.mask = 0;
   m.columns.clear();
   m.free_rows = {};

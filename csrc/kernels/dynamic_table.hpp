@@ -17,9 +17,10 @@
 // - A row is (re)initialised when a key takes it: the weight column from (seed, key, column) only,
 //   so the same key always starts from the same values; every other column to its fill value.
 //
-// Memory: 24 bytes per hash slot (key, row, count, stamp); slots are a power of two and are
-// rebuilt at 80% occupancy (live + pending + deleted slots) to twice the live ones, so a table uses
-// 24 / load bytes per key, load between 0.4 and 0.8 (30 to 60 bytes). Rows: one block per column
+// Memory: 24 bytes per hash slot (key, row, count: 16 bytes probed together; the last-use stamp
+// apart); slots are a power of two and are rebuilt at 80% occupancy (live + pending + deleted
+// slots) to twice the live ones, so a table uses 24 / load bytes per key, load between 0.4 and 0.8
+// (30 to 60 bytes). Rows: one block per column
 // (the weight, then optimizer state), 128-byte aligned, with one extra "sink" row at the end that
 // optimizer updates of unknown keys write into (and that is zeroed after each update).
 //
