@@ -11,6 +11,8 @@ import pytest
 
 import embtab
 
+from test_concurrency import run_threads  # tests/ is on sys.path (pytest rootdir imports)
+
 FLOAT_DTYPES = [np.float32, np.float64]
 
 
@@ -18,25 +20,6 @@ def random_keys(rng, n, pool=None):
     if pool is None:
         return rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64, endpoint=True)
     return rng.choice(pool, n)
-
-
-def run_threads(worker, n=4):
-    """Runs worker(i) on n threads; the first exception of any is raised here."""
-    errors = []
-
-    def wrapped(i):
-        try:
-            worker(i)
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 # --- keys ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <memory>
 #include <string>
@@ -195,6 +196,12 @@ py::object gather_bags(const TablePtr& t, const py::handle& keys_obj, const py::
   return py::tuple(result);
 }
 
+py::dict int_dict(std::initializer_list<std::pair<const char*, std::int64_t>> items) {
+  py::dict d;
+  for (const auto& item : items) d[item.first] = item.second;
+  return d;
+}
+
 py::array int64_array(const std::vector<std::int64_t>& v) {
   py::array_t<std::int64_t> a(static_cast<py::ssize_t>(v.size()));
   std::copy(v.begin(), v.end(), a.mutable_data());
@@ -229,7 +236,8 @@ py::array column_view(const TablePtr& t, int column, bool with_sink) {
 
 py::dict snapshot(const TablePtr& t) {
   const DynamicSnapshot s = call([&] { return t->snapshot(); });
-  py::dict d;
+  py::dict d = int_dict({{"high_water", s.high_water}, {"step", s.step}, {"call", s.call}, {"hits", s.hits},
+                         {"misses", s.misses}, {"admitted", s.admitted}, {"evicted", s.evicted}});
   d["keys"] = int64_array(s.keys);
   d["rows"] = int64_array(s.rows);
   py::array_t<std::uint32_t> counts(static_cast<py::ssize_t>(s.counts.size()));
@@ -240,13 +248,6 @@ py::dict snapshot(const TablePtr& t) {
   d["stamps"] = stamps;
   d["free_rows"] = int64_array(s.free_rows);
   d["last_evicted"] = int64_array(s.last_evicted);
-  d["high_water"] = s.high_water;
-  d["step"] = s.step;
-  d["call"] = s.call;
-  d["hits"] = s.hits;
-  d["misses"] = s.misses;
-  d["admitted"] = s.admitted;
-  d["evicted"] = s.evicted;
   return d;
 }
 
@@ -305,18 +306,9 @@ void register_dynamic(py::module_& m) {
       })
       .def("stats", [](const TablePtr& t) {
         const DynamicStats s = call([&] { return t->stats(); });
-        py::dict d;
-        d["rows"] = s.rows;
-        d["capacity"] = s.row_capacity;
-        d["bytes"] = s.bytes;
-        d["hits"] = s.hits;
-        d["misses"] = s.misses;
-        d["admitted"] = s.admitted;
-        d["evicted"] = s.evicted;
-        d["pending"] = s.pending;
-        d["slots"] = s.slot_capacity;
-        d["step"] = s.step;
-        return d;
+        return int_dict({{"rows", s.rows}, {"capacity", s.row_capacity}, {"bytes", s.bytes}, {"hits", s.hits},
+                         {"misses", s.misses}, {"admitted", s.admitted}, {"evicted", s.evicted},
+                         {"pending", s.pending}, {"slots", s.slot_capacity}, {"step", s.step}});
       })
       .def("__len__", [](const TablePtr& t) { return call([&] { return t->size(); }); })
       .def("add_column", [](const TablePtr& t, const py::handle& width_obj, double fill) {

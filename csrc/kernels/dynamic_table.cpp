@@ -361,17 +361,46 @@ struct DynamicTable::Impl {
 
   // Reader-safe probe: the slot index of `key`, or -1. The row is read with acquire, then the key:
   // a writer stores the key before it publishes the row with release.
-  static int64_t find_slot(const Slot* s, uint64_t m, int64_t key) {
-    for (uint64_t i = slot_hash(key) & m;; i = (i + 1) & m) {
+  static int64_t find_slot(const Slot* s, uint64_t m, int64_t key) { return find_slot(s, m, key, slot_hash(key)); }
+  static int64_t find_slot(const Slot* s, uint64_t m, int64_t key, uint64_t hash) {
+    for (uint64_t i = hash & m;; i = (i + 1) & m) {
       const int32_t r = __atomic_load_n(&s[i].row, __ATOMIC_ACQUIRE);
       if (r == kEmpty) return -1;
       if (r != kDeleted && __atomic_load_n(&s[i].key, __ATOMIC_RELAXED) == key) return static_cast<int64_t>(i);
     }
   }
-  int32_t row_of(int64_t key) const {
-    const int64_t i = find_slot(slots.get(), mask, key);
-    return i < 0 ? -1 : std::max<int32_t>(__atomic_load_n(&slots[i].row, __ATOMIC_ACQUIRE), -1);
-  }
+  // keys[i] and their hashes for i in [begin, end): each key read once, kProbeAhead positions
+  // before its probe, when its slot (and stamp, with `stamps_too`) is prefetched.
+  class HashesAhead {
+   public:
+    HashesAhead(const Impl& impl, const int64_t* keys, int64_t begin, int64_t end, bool stamps_too = false)
+        : impl_(impl), keys_(keys), end_(end), stamps_too_(stamps_too) {
+      for (int64_t i = begin; i < std::min(end, begin + kProbeAhead); ++i) fetch(i);
+    }
+    // keys[i] (and its hash in *hash), after prefetching the slot of keys[i + kProbeAhead].
+    int64_t next(int64_t i, uint64_t* hash) {
+      const int64_t key = keys_ring_[i % kProbeAhead];
+      *hash = ring_[i % kProbeAhead];
+      if (i + kProbeAhead < end_) fetch(i + kProbeAhead);
+      return key;
+    }
+
+   private:
+    void fetch(int64_t i) {
+      const int64_t key = keys_[i];
+      const uint64_t h = slot_hash(key);
+      keys_ring_[i % kProbeAhead] = key;
+      ring_[i % kProbeAhead] = h;
+      __builtin_prefetch(&impl_.slots[h & impl_.mask], 0, 3);
+      if (stamps_too_) __builtin_prefetch(&impl_.stamps[h & impl_.mask], 1, 3);
+    }
+    const Impl& impl_;
+    const int64_t* keys_;
+    int64_t end_;
+    bool stamps_too_;
+    uint64_t ring_[kProbeAhead];
+    int64_t keys_ring_[kProbeAhead];
+  };
   void prefetch_slot(int64_t key) const { __builtin_prefetch(&slots[slot_hash(key) & mask], 0, 3); }
 
   // Writer: the slot of `key`, or where to insert it (-(index) - 1: the first tombstone or empty slot).
@@ -534,13 +563,14 @@ struct DynamicTable::Impl {
   void resolve(const int64_t* keys, int64_t n, int64_t* rows, int64_t unknown, bool count_stats) {
     std::atomic<int64_t> found{0};
     parallel_for(static_cast<std::size_t>(n), kProbeGrain, [&](std::size_t b, std::size_t e) {
-      const int64_t end = static_cast<int64_t>(e);
-      for (int64_t i = static_cast<int64_t>(b); i < std::min(end, static_cast<int64_t>(b) + kProbeAhead); ++i)
-        prefetch_slot(keys[i]);
+      const int64_t begin = static_cast<int64_t>(b), end = static_cast<int64_t>(e);
+      HashesAhead ahead(*this, keys, begin, end);
       int64_t local = 0;
-      for (int64_t i = static_cast<int64_t>(b); i < end; ++i) {
-        if (i + kProbeAhead < end) prefetch_slot(keys[i + kProbeAhead]);
-        const int32_t r = row_of(keys[i]);
+      for (int64_t i = begin; i < end; ++i) {
+        uint64_t hash;
+        const int64_t key = ahead.next(i, &hash);
+        const int64_t at = find_slot(slots.get(), mask, key, hash);
+        const int32_t r = at < 0 ? -1 : __atomic_load_n(&slots[at].row, __ATOMIC_ACQUIRE);
         local += r >= 0;
         rows[i] = r >= 0 ? r : unknown;
       }
@@ -566,16 +596,13 @@ struct DynamicTable::Impl {
       for (std::size_t c = c0; c < c1; ++c) {
         std::size_t b, e;
         chunk_range(static_cast<std::size_t>(n), c, static_cast<std::size_t>(chunks), b, e);
-        const int64_t end = static_cast<int64_t>(e);
+        const int64_t begin = static_cast<int64_t>(b), end = static_cast<int64_t>(e);
+        HashesAhead ahead(*this, keys, begin, end, true);
         int64_t local = 0;
-        for (int64_t i = static_cast<int64_t>(b); i < end; ++i) {
-          if (i + kProbeAhead < end) {
-            const uint64_t ahead = slot_hash(keys[i + kProbeAhead]) & mask;
-            __builtin_prefetch(&s[ahead], 0, 3);
-            __builtin_prefetch(&stamps[ahead], 1, 3);
-          }
-          const int64_t key = keys[i];
-          const int64_t at = find_slot(s, mask, key);
+        for (int64_t i = begin; i < end; ++i) {
+          uint64_t hash;
+          const int64_t key = ahead.next(i, &hash);
+          const int64_t at = find_slot(s, mask, key, hash);
           if (at < 0) {
             rows[i] = -1;
             lists[c].push_back(Miss{i, key, -1});
@@ -780,42 +807,41 @@ struct DynamicTable::Impl {
 // ---------------------------------------------------------------------------------------------
 
 namespace {
-struct WriterGuard {
-  DynamicTable::Impl& impl;
-  explicit WriterGuard(DynamicTable::Impl& i) : impl(i) {
-    impl.writer.lock();
-    if (impl.closed) {
-      impl.writer.unlock();
-      impl.check_open();
+// Holds the writer lock (or, `shared`, the readers' lock shared) for a call; a closed table throws.
+class Guard {
+ public:
+  Guard(DynamicTable::Impl& impl, bool shared) : impl_(impl), shared_(shared) {
+    if (shared_)
+      impl_.readers.lock_shared();
+    else
+      impl_.writer.lock();
+    if (impl_.closed) {
+      unlock();
+      impl_.check_open();
     }
   }
-  ~WriterGuard() { impl.writer.unlock(); }
+  ~Guard() { unlock(); }
+
+ private:
+  void unlock() {
+    if (shared_)
+      impl_.readers.unlock_shared();
+    else
+      impl_.writer.unlock();
+  }
+  DynamicTable::Impl& impl_;
+  bool shared_;
 };
-struct ReaderGuard {
-  DynamicTable::Impl& impl;
-  explicit ReaderGuard(DynamicTable::Impl& i) : impl(i) {
-    impl.readers.lock_shared();
-    if (impl.closed) {
-      impl.readers.unlock_shared();
-      impl.check_open();
-    }
-  }
-  ~ReaderGuard() { impl.readers.unlock_shared(); }
+struct WriterGuard : Guard {
+  explicit WriterGuard(DynamicTable::Impl& impl) : Guard(impl, false) {}
+};
+struct ReaderGuard : Guard {
+  explicit ReaderGuard(DynamicTable::Impl& impl) : Guard(impl, true) {}
 };
 }  // namespace
 
 DynamicTable::DynamicTable(const DynamicConfig& config) : config_(config), impl_(new Impl(config)) {}
 DynamicTable::~DynamicTable() = default;
-
-void DynamicTable::lookup(const int64_t* keys, int64_t n, bool insert, int64_t* rows) {
-  if (insert) {
-    WriterGuard w(*impl_);
-    impl_->insert_lookup(keys, n, rows);
-  } else {
-    ReaderGuard r(*impl_);
-    impl_->resolve(keys, n, rows, -1, true);
-  }
-}
 
 namespace {
 // Reads the rows of a call (already resolved; -1 reads as zeros) with the lookup kernels.
@@ -830,43 +856,40 @@ struct RowReader {
 };
 }  // namespace
 
+// The rows of keys (inserting or not), then read(): under one lock, so that no other call
+// changes a row in between.
+template <class Read>
+void resolve_then(DynamicTable::Impl& impl, const int64_t* keys, int64_t n, bool insert, int64_t* rows, Read read) {
+  Guard guard(impl, !insert);
+  if (insert)
+    impl.insert_lookup(keys, n, rows);
+  else
+    impl.resolve(keys, n, rows, -1, true);
+  read();
+}
+
+void DynamicTable::lookup(const int64_t* keys, int64_t n, bool insert, int64_t* rows) {
+  resolve_then(*impl_, keys, n, insert, rows, [] {});
+}
+
 template <class T>
 void DynamicTable::gather(const int64_t* keys, int64_t n, bool insert, int64_t* rows, T* out) {
-  const auto read = [&] {
+  resolve_then(*impl_, keys, n, insert, rows, [&] {
     RowReader<T> r(*impl_);
     int64_t num_invalid = 0;
     lookup_kernels().get<T, int64_t>().gather(r.table, r.num_rows, r.dim, rows, n, out, r.zeros.data(), &num_invalid);
-  };
-  if (insert) {
-    WriterGuard w(*impl_);
-    impl_->insert_lookup(keys, n, rows);
-    read();
-  } else {
-    ReaderGuard g(*impl_);
-    impl_->resolve(keys, n, rows, -1, true);
-    read();
-  }
+  });
 }
 
 template <class T>
 void DynamicTable::gather_bags(const int64_t* keys, const int64_t* offsets, int64_t num_bags, bool insert,
                                const T* weights, PoolMode mode, int64_t* rows, T* out, int64_t* argmax) {
-  const int64_t n = offsets[num_bags];
-  const auto read = [&] {
+  resolve_then(*impl_, keys, offsets[num_bags], insert, rows, [&] {
     RowReader<T> r(*impl_);
     int64_t num_invalid = 0;
     lookup_kernels().get<T, int64_t>().bags(r.table, r.num_rows, r.dim, rows, offsets, num_bags, weights, mode, out,
                                             argmax, r.zeros.data(), &num_invalid);
-  };
-  if (insert) {
-    WriterGuard w(*impl_);
-    impl_->insert_lookup(keys, n, rows);
-    read();
-  } else {
-    ReaderGuard g(*impl_);
-    impl_->resolve(keys, n, rows, -1, true);
-    read();
-  }
+  });
 }
 
 template void DynamicTable::gather<float>(const int64_t*, int64_t, bool, int64_t*, float*);

@@ -5,7 +5,7 @@ against ``gather_bags`` on the rows, found beforehand."""
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Callable, List
 
 import numpy as np
 
@@ -32,6 +32,13 @@ def lookup_batches(rng: np.random.Generator, present: np.ndarray, n: int, count:
     return IdBatches(batches)
 
 
+def keys_case(name: str, sizes: str, run: Callable[[], Any], baseline: Callable[[], Any], baseline_name: str,
+              n: int, batches: IdBatches) -> Case:
+    """A case that maps n keys to rows, checked equal to its baseline's rows."""
+    return Case(name=name, sizes=sizes, run=run, baseline=baseline, baseline_name=baseline_name, check=assert_equal,
+                items=n, item_unit="keys", batches=batches)
+
+
 def cases(config: Config) -> List[Case]:
     rng = np.random.default_rng(config.seed)
     pandas = optional_import("pandas")
@@ -46,30 +53,13 @@ def cases(config: Config) -> List[Case]:
     as_dict = dict(zip(present.tolist(), range(present.size)))
     batches = lookup_batches(rng, present, n, config.id_batches)
     sizes = f"{n:,} keys ({PRESENT:.0%} of them among {present.size:,} present, Zipf {ZIPF_EXPONENT})"
-    out.append(Case(
-        name="dynamic_lookup",
-        sizes=sizes,
-        run=lambda: table.lookup(batches.keys, insert=False),
-        baseline=lambda: [as_dict.get(k, -1) for k in batches.keys.tolist()],
-        baseline_name="[d.get(k, -1) for k in keys]",
-        check=assert_equal,
-        items=n,
-        item_unit="keys",
-        batches=batches,
-    ))
+    lookup = lambda: table.lookup(batches.keys, insert=False)  # noqa: E731
+    out.append(keys_case("dynamic_lookup", sizes, lookup, lambda: [as_dict.get(k, -1) for k in batches.keys.tolist()],
+                         "[d.get(k, -1) for k in keys]", n, batches))
     if pandas is not None:
         index = pandas.Index(present)
-        out.append(Case(
-            name="dynamic_lookup_pandas",
-            sizes=sizes,
-            run=lambda: table.lookup(batches.keys, insert=False),
-            baseline=lambda: index.get_indexer(batches.keys),
-            baseline_name="pandas Index.get_indexer",
-            check=assert_equal,
-            items=n,
-            item_unit="keys",
-            batches=batches,
-        ))
+        out.append(keys_case("dynamic_lookup_pandas", sizes, lookup, lambda: index.get_indexer(batches.keys),
+                             "pandas Index.get_indexer", n, batches))
 
     # --- inserts of new keys into a new table (growing from empty, as a new vocabulary does) -----
     new_keys = IdBatches([{"keys": rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64, endpoint=True)}
@@ -80,29 +70,12 @@ def cases(config: Config) -> List[Case]:
         return [rows.setdefault(k, len(rows)) for k in new_keys.keys.tolist()]
 
     insert_sizes = f"{n:,} new int64 keys into an empty table (dim 16, zero rows)"
-    out.append(Case(
-        name="dynamic_insert",
-        sizes=insert_sizes,
-        run=lambda: embtab.DynamicTable(16, init="zeros").lookup(new_keys.keys),
-        baseline=insert_dict,
-        baseline_name="d.setdefault(k, len(d)) loop",
-        check=assert_equal,
-        items=n,
-        item_unit="keys",
-        batches=new_keys,
-    ))
+    insert = lambda: embtab.DynamicTable(16, init="zeros").lookup(new_keys.keys)  # noqa: E731
+    out.append(keys_case("dynamic_insert", insert_sizes, insert, insert_dict, "d.setdefault(k, len(d)) loop", n,
+                         new_keys))
     if pandas is not None:
-        out.append(Case(
-            name="dynamic_insert_pandas",
-            sizes=insert_sizes,
-            run=lambda: embtab.DynamicTable(16, init="zeros").lookup(new_keys.keys),
-            baseline=lambda: pandas.factorize(new_keys.keys)[0],
-            baseline_name="pandas.factorize",
-            check=assert_equal,
-            items=n,
-            item_unit="keys",
-            batches=new_keys,
-        ))
+        out.append(keys_case("dynamic_insert_pandas", insert_sizes, insert,
+                             lambda: pandas.factorize(new_keys.keys)[0], "pandas.factorize", n, new_keys))
 
     # --- pooled lookups by key against pooled lookups of the rows ---------------------------------
     rows_table = embtab.DynamicTable(config.dim, init="zeros", capacity=config.num_rows)
