@@ -14,6 +14,11 @@ The numerics follow the torch optimizer each class names (same operations in the
 the table's dtype), so one step or many agree with torch to float rounding. Every id is checked
 before anything is written: a bad id raises IndexError and leaves the table and state unchanged.
 
+Every optimizer also takes an :class:`embtab.DynamicTable` (or a :class:`embtab.DynamicEmbeddingBag`):
+``ids`` are then keys, resolved to their rows without inserting (keys without a row get no update,
+and still count in a bag's mean); the table keeps the state arrays, so a row's state starts afresh
+when the row is reused; and each ``step`` / ``step_bags`` ends one of the table's steps (its TTL).
+
 Weight decay: none of the torch counterparts supports it with a sparse gradient (``torch.optim.SGD``
 and ``Adagrad`` raise, ``SparseAdam`` has no such option), so :class:`SGD`, :class:`Adagrad` and
 :class:`Adam` have none either. :class:`RowWiseAdagrad` has FBGEMM's L2 mode (``weight_decay * row``
