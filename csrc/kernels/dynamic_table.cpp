@@ -32,6 +32,8 @@ constexpr double kMaxLoad = 0.8;
 constexpr int64_t kMinSlots = 16;
 constexpr int64_t kMinRows = 64;
 constexpr uint32_t kCountMax = std::numeric_limits<uint32_t>::max();
+// Rows are int32 in a slot: a table without max_rows evicts past this many, as if it had it.
+constexpr int64_t kRowLimit = std::numeric_limits<int32_t>::max();
 // Keys whose slot is prefetched ahead of the probe (enough misses in flight to cover a memory access).
 constexpr int64_t kProbeAhead = 16;
 constexpr int64_t kProbeGrain = 8192;
@@ -691,7 +693,7 @@ struct DynamicTable::Impl {
       if (!free_rows.empty()) {
         row = free_rows.top();
         free_rows.pop();
-      } else if (config.max_rows < 0 || next_fresh < config.max_rows) {
+      } else if (next_fresh < (config.max_rows >= 0 ? config.max_rows : kRowLimit)) {
         row = next_fresh++;
       } else {
         if (!victims_chosen) {
