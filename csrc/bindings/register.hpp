@@ -13,5 +13,7 @@ void register_hashing(pybind11::module_& m);
 void register_lowp(pybind11::module_& m);
 void register_validate(pybind11::module_& m);
 
+void register_dynamic(pybind11::module_& m);
+
 }  // namespace bind
 }  // namespace embtab

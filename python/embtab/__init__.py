@@ -2,7 +2,7 @@
 
 C++ kernels (multithreaded, with the SIMD path chosen at run time) behind a small numpy API:
 row lookups and pooled bag lookups, sparse gradients and fused sparse optimizers (embtab.optim),
-the hashing trick and fastText subwords, embedding layers, similarity search and checkpoints.
+the hashing trick and fastText subwords, dynamic (hash-keyed) tables, embedding layers, similarity search and checkpoints.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import os as _os
 
 from . import _core, layers, optim
 from ._checkpoint import CheckpointError, load, save
+from ._dynamic import DynamicEmbeddingBag, DynamicTable
 from ._hashing import fasttext_hash, feature_hash, hash_buckets, murmur3_32, murmur3_128, subword_ngrams
 from ._lookup import gather, gather_bags
 from ._lowp import BFloat16Table, QuantizedTable, quantize_rows, to_bfloat16
@@ -31,6 +32,8 @@ __all__ = [
     "BFloat16Table",
     "CheckpointError",
     "coalesce",
+    "DynamicEmbeddingBag",
+    "DynamicTable",
     "Embedding",
     "EmbeddingBag",
     "fasttext_hash",

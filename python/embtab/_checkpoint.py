@@ -684,7 +684,9 @@ def _restore(name: str, entry: Dict[str, Any], cls: Optional[Type[Any]], array_o
         raise CheckpointError(f"entry {name!r}: not a valid {cls.__name__}: {type(exc).__name__}: {exc}") from None
     if hasattr(obj, "_bind_owner"):
         obj._bind_owner(owners.get(id(arrays.get("table"))))
-    for arr in obj._checkpoint_state()[1].values():
+    # Later entries find their owner by the arrays they share with it: those it was restored from
+    # and those it holds now (a DynamicTable copies its rows into storage of its own).
+    for arr in list(arrays.values()) + list(obj._checkpoint_state()[1].values()):
         owners.setdefault(id(arr), obj)
     return obj
 

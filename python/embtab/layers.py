@@ -23,11 +23,9 @@ Row dropout (``dropout=p``): in training mode each id of a batch is dropped with
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
-import threading
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -35,16 +33,15 @@ from numpy.typing import ArrayLike, NDArray
 from . import _core
 from ._arrays import aligned_empty, as_ids, as_values
 from ._checkpoint import bit_generator_state, register_checkpointable, restore_bit_generator
+from ._dynamic import DynamicEmbeddingBag
+from ._forward import Differentiable, ForwardContext, Grad
 from ._hashing import hash_buckets, subword_ngrams
 from ._lookup import BoundsMode, PoolMode, gather, gather_bags
 from ._sparse import coalesce, gather_bags_grad
 
-__all__ = ["Embedding", "EmbeddingBag", "ForwardContext", "HashEmbedding", "SubwordEmbedding"]
+__all__ = ["DynamicEmbeddingBag", "Embedding", "EmbeddingBag", "ForwardContext", "HashEmbedding", "SubwordEmbedding"]
 
 _INITS = ("normal", "uniform", "xavier_uniform", "zeros")
-
-Grad = Tuple[NDArray[np.int64], NDArray[np.floating]]
-
 
 def _init_table(rng: np.random.Generator, num_rows: int, dim: int, init: str, std: Optional[float],
                 bound: Optional[float], dtype: Any) -> NDArray[np.floating]:
@@ -102,36 +99,9 @@ def _per_bag(mask: NDArray[np.bool_], offsets: NDArray[np.int64]) -> NDArray[np.
     return before[offsets[1:]] - before[offsets[:-1]]
 
 
-class ForwardContext:
-    """What ``backward`` needs from one ``forward`` call, returned by
-    ``layer.forward(..., return_context=True)``.
-
-    ``layer.backward(grad_out, ctx)`` or ``ctx.backward(grad_out)`` differentiates exactly that
-    call, once; ``used`` says whether it has been.
-    """
-
-    __slots__ = ("layer", "_saved", "_used")
-
-    def __init__(self, layer: "_TableLayer", saved: Dict[str, Any]) -> None:
-        self.layer = layer
-        self._saved = saved
-        self._used = False
-
-    @property
-    def used(self) -> bool:
-        return self._used
-
-    def backward(self, grad_out: ArrayLike, **kwargs: Any) -> Any:
-        """``self.layer.backward(grad_out, self, **kwargs)``."""
-        return self.layer.backward(grad_out, self, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"<ForwardContext of {type(self.layer).__name__}, {'used' if self._used else 'not yet differentiated'}>"
-
-
-class _TableLayer:
-    """Shared state: the table, the sparse gradient, train/eval mode, dropout, bounds mode, and the
-    forward contexts."""
+class _TableLayer(Differentiable):
+    """Shared state: the table, dropout, bounds mode, max_norm (the gradient, train/eval mode and
+    the forward contexts are Differentiable's)."""
 
     weight: NDArray[np.floating]
     _checkpoint_order = 0  # saved before the optimizers that refer to the weight
@@ -164,28 +134,12 @@ class _TableLayer:
         self.padding_idx = padding_idx
         self.dropout = float(dropout)
         self.bounds: BoundsMode = bounds
-        self.training = True
         self.num_invalid_ids = 0  # running count of ids read as zero rows (bounds="zero")
-        self.grad: Optional[Grad] = None
         self._rng = np.random.default_rng(self.seed)
         self.weight = _init_table(self._rng, num_embeddings, dim, init, std, bound, dtype)
         if padding_idx is not None:
             self.weight[padding_idx] = 0
-        self._init_threading()
-
-    def _init_threading(self) -> None:
-        self._lock = threading.Lock()  # guards grad, num_invalid_ids and the use of contexts
-        self._local = threading.local()  # .last: this thread's most recent forward context
-
-    # Locks and per-thread contexts are not copied (copy.deepcopy, pickle): a copy starts afresh.
-    def __getstate__(self) -> Dict[str, Any]:
-        state = dict(self.__dict__)
-        del state["_lock"], state["_local"]
-        return state
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._init_threading()
+        self._init_differentiable()
 
     @property
     def num_embeddings(self) -> int:
@@ -194,27 +148,6 @@ class _TableLayer:
     @property
     def dim(self) -> int:
         return int(self.weight.shape[1])
-
-    def train(self, mode: bool = True) -> "_TableLayer":
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> "_TableLayer":
-        return self.train(False)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError
-
-    def backward(self, grad_out: ArrayLike, ctx: Optional[ForwardContext] = None, **kwargs: Any) -> Any:
-        raise NotImplementedError
-
-    def zero_grad(self) -> None:
-        """Clears ``grad`` (backward() adds to it)."""
-        with self._lock:
-            self.grad = None
 
     def _dropout_keep(self, shape: Tuple[int, ...]) -> Optional[NDArray[np.bool_]]:
         if self.training and self.dropout > 0:
@@ -246,65 +179,11 @@ class _TableLayer:
         self.weight[rows[over]] = current[over] * scale[:, None]
         return True
 
-    def _remember(self, saved: Dict[str, Any], out: Any, return_context: bool) -> Any:
-        ctx = ForwardContext(self, saved)
-        self._local.last = ctx
-        return (out, ctx) if return_context else out
-
-    def _context(self, ctx: Optional[ForwardContext]) -> ForwardContext:
-        name = type(self).__name__
-        if ctx is None:
-            ctx = getattr(self._local, "last", None)
-            if ctx is None:
-                raise RuntimeError(f"{name}.backward() called before forward() on this thread: nothing to differentiate")
-            if ctx.used:
-                raise RuntimeError(
-                    f"{name}.backward(): the most recent forward() of this thread was already differentiated "
-                    "(each forward is differentiated once; for several forwards per step use "
-                    "forward(..., return_context=True) and backward(grad_out, ctx))")
-            return ctx
-        if not isinstance(ctx, ForwardContext):
-            raise TypeError(f"ctx must be a ForwardContext from forward(..., return_context=True), got {type(ctx).__name__}")
-        if ctx.layer is not self:
-            raise ValueError(f"ctx comes from the forward() of another layer ({type(ctx.layer).__name__})")
-        if ctx.used:
-            raise RuntimeError(f"{name}.backward(): this forward's context was already differentiated (each context once)")
-        return ctx
-
-    @contextlib.contextmanager
-    def _using(self, ctx: ForwardContext) -> Iterator[Dict[str, Any]]:
-        """Marks ``ctx`` used for the body (the arguments were checked); an error inside undoes it."""
-        with self._lock:
-            if ctx._used:
-                raise RuntimeError(f"{type(self).__name__}.backward(): this forward's context was already differentiated")
-            ctx._used = True
-        try:
-            yield ctx._saved
-        except BaseException:
-            ctx._used = False
-            raise
-
-    def _check_grad_out(self, grad_out: ArrayLike, shape: Tuple[int, ...]) -> NDArray[np.floating]:
-        grad_out = np.asarray(grad_out)
-        if grad_out.shape != shape:
-            raise ValueError(f"grad_out must have shape {shape}, got {grad_out.shape}")
-        if grad_out.dtype != self.weight.dtype:
-            raise TypeError(f"grad_out must have dtype {self.weight.dtype}, got {grad_out.dtype}")
-        return grad_out
-
     def _accumulate(self, rows: NDArray[np.int64], grads: NDArray[np.floating]) -> Grad:
-        """Adds one backward's gradient to ``grad``: rows stay sorted and distinct, and each row's sum
-        is the old one plus the new one (the same order whatever the thread count)."""
-        if self.padding_idx is not None:
+        if self.padding_idx is not None:  # the padding row never gets a gradient
             keep = rows != self.padding_idx
             rows, grads = rows[keep], grads[keep]
-        with self._lock:
-            if self.grad is None:
-                self.grad = (rows, grads)
-            else:
-                old_rows, old_grads = self.grad
-                self.grad = coalesce(np.concatenate([old_rows, rows]), np.concatenate([old_grads, grads]))
-        return rows, grads
+        return super()._accumulate(rows, grads)
 
     # Checkpoints: the constructor's arguments (other than the table's size), the dropout stream's
     # position, and the weight (shared, not copied).

@@ -28,6 +28,11 @@ one row (``p.reshape(1, -1)``, a view) or as rows (a matrix), and step with all 
 ``opt.step(np.arange(len(table)), grad)``; with full-batch ids the sparse optimizers are the dense
 ones (Adam's "lazy" update then touches every row each step).
 
+Every optimizer also takes an :class:`embtab.DynamicTable` (or a :class:`embtab.DynamicEmbeddingBag`):
+``ids`` are then keys, resolved to their rows without inserting (keys without a row get no update,
+and still count in a bag's mean); the table keeps the state arrays, so a row's state starts afresh
+when the row is reused; and each ``step`` / ``step_bags`` ends one of the table's steps (its TTL).
+
 Weight decay: none of the torch counterparts supports it with a sparse gradient (``torch.optim.SGD``
 and ``Adagrad`` raise, ``SparseAdam`` has no such option), so :class:`SGD`, :class:`Adagrad` and
 :class:`Adam` have none either. :class:`RowWiseAdagrad` has FBGEMM's L2 mode (``weight_decay * row``
@@ -36,10 +41,11 @@ added to the gradient of each row in the batch).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import numbers
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -99,12 +105,19 @@ class _SparseOptimizer:
 
     _kind = ""
     _checkpoint_order = 1  # saved after the layers whose tables it updates
+    # An embtab.DynamicTable whose rows this optimizer updates: ids are then its keys, and the table
+    # owns the state arrays (see DynamicTable._new_state / _update).
+    _dynamic: Any = None
 
     def __init__(self, table: Any, lr: float) -> None:
         # A layer (embtab.layers) may stand for its table: step() then applies layer.grad.
         self.layer: Any = None
+        owner = table
         if not isinstance(table, np.ndarray) and hasattr(table, "weight") and hasattr(table, "backward"):
             self.layer, table = table, table.weight
+        self._dynamic = getattr(owner, "_dynamic_table", None)
+        if self._dynamic is not None:
+            table = self._dynamic.weight
         self.table: NDArray[np.floating] = _check_table(table)
         self.lr = lr
         self.state: Dict[str, Any] = {}
@@ -117,6 +130,8 @@ class _SparseOptimizer:
         return tuple(inspect.signature(cls.__init__).parameters)[2:]  # after self and table
 
     def _checkpoint_state(self) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+        if self._dynamic is not None:
+            self._dynamic._sync(self)  # the table's current arrays, shared with its own checkpoint
         hyper: Dict[str, Any] = {}
         for name in self._hyperparameter_names():
             if hasattr(self, name):  # not those only used to initialise the state
@@ -127,12 +142,19 @@ class _SparseOptimizer:
         scalars = {k: v for k, v in self.state.items() if not isinstance(v, np.ndarray)}
         arrays = {f"state.{k}": v for k, v in self.state.items() if isinstance(v, np.ndarray)}
         arrays["table"] = self.layer.weight if self.layer is not None else self.table
-        return {"hyper": hyper, "scalars": scalars, "lr_steps": self._lr_steps}, arrays
+        config = {"hyper": hyper, "scalars": scalars, "lr_steps": self._lr_steps}
+        if hasattr(self, "_dynamic_id"):  # which of the DynamicTable's state columns are this optimizer's
+            config["dynamic_id"] = self._dynamic_id
+        return config, arrays
 
     @classmethod
     def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> "_SparseOptimizer":
-        if set(config) != {"hyper", "scalars", "lr_steps"} or not isinstance(config["hyper"], dict) or not isinstance(config["scalars"], dict):
+        if (set(config) - {"dynamic_id"} != {"hyper", "scalars", "lr_steps"} or not isinstance(config["hyper"], dict)
+                or not isinstance(config["scalars"], dict)):
             raise ValueError(f"expected hyper, scalars and lr_steps, got {sorted(config)}")
+        dynamic_id = config.get("dynamic_id", 0)
+        if isinstance(dynamic_id, bool) or not isinstance(dynamic_id, int) or not 0 <= dynamic_id < 2**31:
+            raise ValueError(f"dynamic_id must be an integer in [0, 2**31), got {dynamic_id!r}")
         lr_steps = config["lr_steps"]
         if isinstance(lr_steps, bool) or not isinstance(lr_steps, int) or not 0 <= lr_steps < 2**63:
             raise ValueError(f"lr_steps must be an integer in [0, 2**63), got {lr_steps!r}")
@@ -141,6 +163,8 @@ class _SparseOptimizer:
         # state costs nothing and says what the loaded state must hold.
         opt = cls(table[:0], **config["hyper"])
         opt.table, opt._lr_steps = table, lr_steps
+        if "dynamic_id" in config:
+            opt._dynamic_id = dynamic_id
         # A scalar (the step count) may have been saved as an int or as a 0-d array.
         saved = {k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")}
         if len(saved) + 1 != len(arrays) or set(saved) & set(config["scalars"]):
@@ -194,6 +218,7 @@ class _SparseOptimizer:
         """After loading: the layer whose weight is this optimizer's table, if any."""
         if owner is not None and hasattr(owner, "backward"):
             self.layer = owner
+        self._dynamic = getattr(owner, "_dynamic_table", None)
 
     # Subclasses: the two state arrays the kernel updates, and the hyperparameters of step number
     # `step` (1-based, the step about to be taken).
@@ -202,6 +227,27 @@ class _SparseOptimizer:
 
     def _params(self, step: int) -> Dict[str, float]:
         return {"lr": self._step_lr()}
+
+    def _new_state(self, name: str, fill: float, per_row: bool = False) -> np.ndarray:
+        """State array `name`: one row (per_row: one value) per table row, starting at `fill`."""
+        if self._dynamic is not None:
+            return self._dynamic._new_state(self, name, fill, per_row)
+        shape = self.table.shape[:1] if per_row else self.table.shape
+        if fill == 0.0:
+            return aligned_zeros(shape, self.table.dtype)  # untouched pages cost nothing
+        state = aligned_empty(shape, self.table.dtype)
+        state.fill(fill)
+        return state
+
+    @contextlib.contextmanager
+    def _rows(self, ids: Any) -> Iterator[Any]:
+        """The rows to update for `ids`: the ids themselves, or a DynamicTable's rows of these keys
+        (the table held meanwhile; the step then counts as one of its steps)."""
+        if self._dynamic is None:
+            yield as_ids(ids)
+        else:
+            with self._dynamic._update(self) as rows_of:
+                yield rows_of(ids)
 
     def _next_step(self) -> int:
         return int(self.state.get("step", 0)) + 1
@@ -242,8 +288,9 @@ class _SparseOptimizer:
         elif ids is None or grads is None:
             raise TypeError("step() takes both ids and grads, or neither")
         step = self._next_step()
-        s1, s2 = self._state_arrays()
-        _core.optim_step(self._kind, self.table, s1, s2, as_ids(ids), as_values(grads, self.table), **self._params(step))
+        with self._rows(ids) as rows:
+            s1, s2 = self._state_arrays()
+            _core.optim_step(self._kind, self.table, s1, s2, rows, as_values(grads, self.table), **self._params(step))
         self._finish_step(step)
         self._lr_steps += 1
 
@@ -277,25 +324,26 @@ class _SparseOptimizer:
             forward pass).
         """
         step = self._next_step()
-        ids, offsets, weights, _ = bag_arguments(ids, offsets, weights, num_rows=len(self.table), weights_like=grad_out,
-                                                 include_last_offset=include_last_offset, padding_idx=padding_idx,
-                                                 check_ids=True)
-        if mode == "max" and argmax is None:
-            _, argmax = gather_bags(self.table, ids, offsets, mode="max", return_argmax=True)
-        s1, s2 = self._state_arrays()
-        _core.optim_step_bags(
-            self._kind,
-            self.table,
-            s1,
-            s2,
-            grad_out,
-            ids,
-            offsets,
-            mode,
-            as_values(weights, grad_out),
-            argmax,
-            **self._params(step),
-        )
+        with self._rows(ids) as ids:
+            ids, offsets, weights, _ = bag_arguments(ids, offsets, weights, num_rows=len(self.table), weights_like=grad_out,
+                                                     include_last_offset=include_last_offset, padding_idx=padding_idx,
+                                                     check_ids=True)
+            if mode == "max" and argmax is None:
+                _, argmax = gather_bags(self.table, ids, offsets, mode="max", return_argmax=True)
+            s1, s2 = self._state_arrays()
+            _core.optim_step_bags(
+                self._kind,
+                self.table,
+                s1,
+                s2,
+                grad_out,
+                ids,
+                offsets,
+                mode,
+                as_values(weights, grad_out),
+                argmax,
+                **self._params(step),
+            )
         self._finish_step(step)
         self._lr_steps += 1
 
@@ -361,12 +409,7 @@ class Adagrad(_SparseOptimizer):
         self.eps = _hyper("eps", eps)
         self.lr_decay = _hyper("lr_decay", lr_decay)
         init = _hyper("initial_accumulator_value", initial_accumulator_value)
-        if init == 0.0:
-            acc = aligned_zeros(self.table.shape, self.table.dtype)  # untouched pages cost nothing
-        else:
-            acc = aligned_empty(self.table.shape, self.table.dtype)
-            acc.fill(init)
-        self.state = {"sum": acc, "step": 0}
+        self.state = {"sum": self._new_state("sum", init), "step": 0}
 
     def _state_arrays(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         return self.state["sum"], None
@@ -415,7 +458,7 @@ class RowWiseAdagrad(_SparseOptimizer):
         self.eps = _hyper("eps", eps)
         self.weight_decay = _hyper("weight_decay", weight_decay)
         init = _hyper("initial_accumulator_value", initial_accumulator_value)
-        self.state = {"sum": np.full(self.table.shape[0], init, self.table.dtype)}
+        self.state = {"sum": self._new_state("sum", init, per_row=True)}
 
     def _state_arrays(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         return self.state["sum"], None
@@ -467,11 +510,8 @@ class Adam(_SparseOptimizer):
         super().__init__(table, lr)
         self.eps = _hyper("eps", eps, positive=True)
         self.betas = self._check_betas(betas)
-        self.state = {
-            "exp_avg": aligned_zeros(self.table.shape, self.table.dtype),
-            "exp_avg_sq": aligned_zeros(self.table.shape, self.table.dtype),
-            "step": 0,
-        }
+        self.state = {"exp_avg": self._new_state("exp_avg", 0.0), "exp_avg_sq": self._new_state("exp_avg_sq", 0.0),
+                      "step": 0}
 
     @staticmethod
     def _check_betas(betas: Any) -> Tuple[float, float]:
