@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -74,6 +75,7 @@ class _SparseOptimizer:
         self.table: NDArray[np.floating] = _check_table(table)
         self.lr = _hyper("lr", lr)
         self.state: Dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     # Checkpoints (embtab.save / embtab.load): hyperparameters and scalar state in the manifest,
     # state arrays as files, the table shared with the layer or array saved beside it.
@@ -89,6 +91,7 @@ class _SparseOptimizer:
     def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> "_SparseOptimizer":
         opt = cls.__new__(cls)
         opt.layer = None
+        opt._lock = threading.Lock()
         opt.table = arrays["table"]
         for key, value in config["hyper"].items():
             setattr(opt, key, tuple(value) if isinstance(value, list) else value)
@@ -111,12 +114,20 @@ class _SparseOptimizer:
     def _params(self, step: int) -> Dict[str, float]:
         return {"lr": _hyper("lr", self.lr)}
 
-    def _next_step(self) -> int:
-        return int(self.state.get("step", 0)) + 1
+    def _step_count(self) -> Optional[np.ndarray]:
+        """The step count, a 0-d int64 array that the compiled step advances together with its
+        update (None for optimizers that keep none). A count set as an int, or a read-only one from
+        a mapped checkpoint, is first replaced by a writeable array of the same value."""
+        count = self.state.get("step")
+        if count is None:
+            return None
+        if not (isinstance(count, np.ndarray) and count.dtype == np.int64 and count.ndim == 0
+                and count.flags.writeable):
+            count = self.state["step"] = np.array(int(count), np.int64)
+        return count
 
-    def _finish_step(self, step: int) -> None:
-        if "step" in self.state:
-            self.state["step"] = step
+    def _next_step(self, count: Optional[np.ndarray]) -> int:
+        return 1 if count is None else int(count) + 1
 
     def step(self, ids: Optional[ArrayLike] = None, grads: Optional[ArrayLike] = None) -> None:
         """Apply one update from the sparse gradient ``(ids, grads)``.
@@ -149,10 +160,13 @@ class _SparseOptimizer:
             ids, grads = self.layer.grad
         elif ids is None or grads is None:
             raise TypeError("step() takes both ids and grads, or neither")
-        step = self._next_step()
-        s1, s2 = self._state_arrays()
-        _core.optim_step(self._kind, self.table, s1, s2, as_ids(ids), as_values(grads, self.table), **self._params(step))
-        self._finish_step(step)
+        ids, grads = as_ids(ids), as_values(grads, self.table)
+        # One step at a time: each computes its hyperparameters for the count it will advance.
+        with self._lock:
+            count = self._step_count()
+            s1, s2 = self._state_arrays()
+            _core.optim_step(self._kind, self.table, s1, s2, ids, grads, step=count,
+                             **self._params(self._next_step(count)))
 
     def step_bags(
         self,
@@ -180,27 +194,28 @@ class _SparseOptimizer:
             omitted they are recomputed from the table (which must not have changed since the
             forward pass).
         """
-        step = self._next_step()
         ids = as_ids(ids)
         if offsets is not None:
             offsets = as_ids(offsets)
-        if mode == "max" and argmax is None:
-            _, argmax = gather_bags(self.table, ids, offsets, mode="max", return_argmax=True)
-        s1, s2 = self._state_arrays()
-        _core.optim_step_bags(
-            self._kind,
-            self.table,
-            s1,
-            s2,
-            grad_out,
-            ids,
-            offsets,
-            mode,
-            as_values(weights, grad_out),
-            argmax,
-            **self._params(step),
-        )
-        self._finish_step(step)
+        with self._lock:
+            if mode == "max" and argmax is None:
+                _, argmax = gather_bags(self.table, ids, offsets, mode="max", return_argmax=True)
+            count = self._step_count()
+            s1, s2 = self._state_arrays()
+            _core.optim_step_bags(
+                self._kind,
+                self.table,
+                s1,
+                s2,
+                grad_out,
+                ids,
+                offsets,
+                mode,
+                as_values(weights, grad_out),
+                argmax,
+                step=count,
+                **self._params(self._next_step(count)),
+            )
 
     def __repr__(self) -> str:
         table = self.table
@@ -243,8 +258,10 @@ class Adagrad(_SparseOptimizer):
     Attributes
     ----------
     state : dict
-        ``"sum"``: ndarray (num_rows, dim), the accumulated squared gradients; ``"step"``: int,
-        the number of steps taken (it advances on every call, even with an empty batch, as torch's).
+        ``"sum"``: ndarray (num_rows, dim), the accumulated squared gradients; ``"step"``: 0-d int64
+        ndarray, the number of steps taken (it advances on every call, even with an empty batch, as
+        torch's; the compiled step advances it together with its update, so concurrent steps and an
+        interrupted one never lose or repeat a count).
     """
 
     _kind = "adagrad"
@@ -266,7 +283,7 @@ class Adagrad(_SparseOptimizer):
         else:
             acc = aligned_empty(self.table.shape, self.table.dtype)
             acc.fill(init)
-        self.state = {"sum": acc, "step": 0}
+        self.state = {"sum": acc, "step": np.zeros((), np.int64)}
 
     def _state_arrays(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         return self.state["sum"], None
@@ -348,7 +365,9 @@ class Adam(_SparseOptimizer):
     Attributes
     ----------
     state : dict
-        ``"exp_avg"``, ``"exp_avg_sq"``: ndarrays (num_rows, dim); ``"step"``: int.
+        ``"exp_avg"``, ``"exp_avg_sq"``: ndarrays (num_rows, dim); ``"step"``: 0-d int64 ndarray
+        (torch keeps a tensor), advanced together with the update it counts: concurrent steps and
+        an interrupted one (KeyboardInterrupt) never lose a count or reuse a bias correction.
     """
 
     _kind = "adam"
@@ -366,7 +385,7 @@ class Adam(_SparseOptimizer):
         self.state = {
             "exp_avg": aligned_zeros(self.table.shape, self.table.dtype),
             "exp_avg_sq": aligned_zeros(self.table.shape, self.table.dtype),
-            "step": 0,
+            "step": np.zeros((), np.int64),
         }
 
     @staticmethod
