@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import threading
+import weakref
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -52,6 +54,20 @@ def _check_table(table: Any) -> NDArray[np.floating]:
     return table
 
 
+# Every optimizer's step lock, renewed in a forked child: a thread of the parent may have held one
+# at the fork, and that thread does not exist in the child (logging does the same for its handlers).
+_STEP_LOCKED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _new_step_lock(opt: Any) -> None:
+    opt._lock = threading.Lock()
+    _STEP_LOCKED.add(opt)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: [_new_step_lock(opt) for opt in list(_STEP_LOCKED)])
+
+
 def _hyper(name: str, value: Any, *, positive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
@@ -75,7 +91,7 @@ class _SparseOptimizer:
         self.table: NDArray[np.floating] = _check_table(table)
         self.lr = _hyper("lr", lr)
         self.state: Dict[str, Any] = {}
-        self._lock = threading.Lock()
+        _new_step_lock(self)
 
     # Checkpoints (embtab.save / embtab.load): hyperparameters and scalar state in the manifest,
     # state arrays as files, the table shared with the layer or array saved beside it.
@@ -91,7 +107,7 @@ class _SparseOptimizer:
     def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> "_SparseOptimizer":
         opt = cls.__new__(cls)
         opt.layer = None
-        opt._lock = threading.Lock()
+        _new_step_lock(opt)
         opt.table = arrays["table"]
         for key, value in config["hyper"].items():
             setattr(opt, key, tuple(value) if isinstance(value, list) else value)
