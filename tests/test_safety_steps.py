@@ -11,10 +11,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
-
 import numpy as np
 import pytest
+from test_concurrency import run_threads
 
 from embtab import optim
 
@@ -22,24 +21,6 @@ MAKERS = {
     "adam": lambda t: optim.Adam(t, lr=0.01, betas=(0.5, 0.75)),
     "adagrad_lr_decay": lambda t: optim.Adagrad(t, lr=0.5, lr_decay=0.25),
 }
-
-
-def run_threads(worker, n):
-    errors = []
-
-    def wrapped(i):
-        try:
-            worker(i)
-        except BaseException as exc:  # surfaced in the main thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrapped, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -43,10 +43,9 @@ const bool g_registered = (pthread_atfork(nullptr, nullptr, &reset_after_fork), 
 
 }  // namespace
 
-WriteRegion::WriteRegion(const void* begin, std::size_t bytes) : WriteRegion(nullptr, 0) {
+WriteRegion::WriteRegion(const void* begin, std::size_t bytes) : begin_(), end_(), count_(1) {
   begin_[0] = static_cast<const char*>(begin);
   end_[0] = begin_[0] + (bytes ? bytes : 1);
-  count_ = 1;
   acquire();
 }
 

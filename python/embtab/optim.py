@@ -13,6 +13,9 @@ numpy arrays in ``opt.state``. A step touches only the rows of the batch:
 The numerics follow the torch optimizer each class names (same operations in the same order, in
 the table's dtype), so one step or many agree with torch to float rounding. Every id is checked
 before anything is written: a bad id raises IndexError and leaves the table and state unchanged.
+Gradients that share memory with the table or its state are copied first; a table and state arrays
+that share memory with each other raise ValueError. One optimizer takes one step at a time, and the
+step count advances together with the update it counts (whatever interrupts the call).
 
 Weight decay: none of the torch counterparts supports it with a sparse gradient (``torch.optim.SGD``
 and ``Adagrad`` raise, ``SparseAdam`` has no such option), so :class:`SGD`, :class:`Adagrad` and
@@ -138,7 +141,7 @@ class _SparseOptimizer:
         if count is None:
             return None
         if not (isinstance(count, np.ndarray) and count.dtype == np.int64 and count.ndim == 0
-                and count.flags.writeable):
+                and count.flags.writeable and count.flags.aligned):
             count = self.state["step"] = np.array(int(count), np.int64)
         return count
 
