@@ -26,7 +26,7 @@ if [ ! -e "$libtsan" ]; then
 fi
 # die_after_fork=0: the fork tests start threads in a child of a multithreaded parent, which TSan
 # refuses by default; the child's pool is new, so nothing it reports there would be a false alarm.
-export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:die_after_fork=0:ignore_noninstrumented_modules=1:suppressions=$PWD/ci/tsan.supp"
+export TSAN_OPTIONS="halt_on_error=1:exitcode=66:second_deadlock_stack=1:die_after_fork=0:ignore_noninstrumented_modules=1"
 if [ "$#" -eq 0 ]; then
   set -- tests/test_concurrency.py tests/test_safety_steps.py tests/test_safety_runtime.py tests/test_runtime.py
 fi
