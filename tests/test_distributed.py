@@ -216,7 +216,7 @@ def test_max_winners_are_the_local_ones_also_on_ties(ray_local: Any, lookup_tabl
 
 
 def local_state(opt: Any) -> Dict[str, np.ndarray]:
-    return {k: v for k, v in opt.state.items() if isinstance(v, np.ndarray)}
+    return {k: v for k, v in opt.state.items() if isinstance(v, np.ndarray) and v.ndim > 0}
 
 
 def train_both(table: ShardedTable, local: np.ndarray, opt: Any, rng: np.random.Generator, steps: int,

@@ -448,7 +448,7 @@ def test_training_equals_a_fixed_table_of_the_same_keys(optimizer, kwargs, mode)
     np.testing.assert_array_equal(keys, ordered)
     np.testing.assert_array_equal(layer.weight[rows], fixed.weight)
     for name, state in fixed_opt.state.items():
-        if isinstance(state, np.ndarray):
+        if isinstance(state, np.ndarray) and state.ndim > 0:
             np.testing.assert_array_equal(opt.state[name][rows], state)
     assert layer.table.stats()["step"] == len(batches)
 

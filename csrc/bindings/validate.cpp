@@ -250,9 +250,23 @@ void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows,
     using I = decltype(tag);
     value = static_cast<std::int64_t>(cdata<I>(flat)[pos]);
   });
+  if (value >= 0 && value < num_rows) {
+    // The kernel found a bad id here, but it reads valid now: another thread rewrote the array
+    // during the call. Say so rather than call a valid id out of bounds.
+    const std::vector<py::ssize_t> shape(ids.shape(), ids.shape() + ids.ndim());
+    throw py::index_error(position_str(name, shape, pos) + " was out of bounds for a table with " +
+                          std::to_string(num_rows) + " rows when it was read, but now holds " + std::to_string(value) +
+                          " (was the array changed by another thread during the call?)");
+  }
+  throw_id_error(ids, pos, value, num_rows, name);
+}
+
+void throw_id_error(const py::array& ids, std::int64_t pos, std::int64_t value, std::int64_t num_rows,
+                    const char* name) {
   const std::vector<py::ssize_t> shape(ids.shape(), ids.shape() + ids.ndim());
-  throw py::index_error(position_str(name, shape, pos) + " = " + std::to_string(value) +
-                        (value < 0 ? " is negative" : " is out of bounds") + " for a table with " +
+  const std::string where = position_str(name, shape, pos) + " = " + std::to_string(value);
+  if (num_rows < 0) throw py::index_error(where + " is negative (ids are row numbers, >= 0)");
+  throw py::index_error(where + (value < 0 ? " is negative" : " is out of bounds") + " for a table with " +
                         std::to_string(num_rows) + " rows (valid ids are 0 to " + std::to_string(num_rows - 1) +
                         ")");
 }
@@ -280,11 +294,39 @@ py::array checked_bag_offsets(const py::handle& ids_obj, const py::object& offse
   return std::move(result);
 }
 
+// [begin, end) of the bytes an array's elements span; empty for an empty array.
+void byte_extent(const py::array& a, std::uintptr_t& begin, std::uintptr_t& end) {
+  begin = end = reinterpret_cast<std::uintptr_t>(a.data());
+  if (a.size() == 0) return;
+  std::intptr_t low = 0, high = 0;
+  for (py::ssize_t k = 0; k < a.ndim(); ++k) {
+    const std::intptr_t span = static_cast<std::intptr_t>(a.shape(k) - 1) * static_cast<std::intptr_t>(a.strides(k));
+    (span < 0 ? low : high) += span;
+  }
+  begin = static_cast<std::uintptr_t>(static_cast<std::intptr_t>(begin) + low);
+  end = static_cast<std::uintptr_t>(static_cast<std::intptr_t>(end) + high + a.itemsize());
+}
+
 }  // namespace
 
 void register_validate(py::module_& m) {
   m.def("bag_offsets", &checked_bag_offsets, py::arg("ids"), py::arg("offsets"), py::arg("include_last_offset") = true,
         py::arg("num_rows") = -1, "Checked CSR offsets of a pooled lookup's bags; see embtab.gather_bags.");
+}
+
+bool may_overlap(const py::array& a, const py::array& b) {
+  std::uintptr_t a0, a1, b0, b1;
+  byte_extent(a, a0, a1);
+  byte_extent(b, b0, b1);
+  return a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1;
+}
+
+py::array unshared(const py::array& input, const std::vector<const py::array*>& written) {
+  for (const py::array* w : written)
+    if (w && may_overlap(input, *w))
+      return py::module_::import("numpy").attr("array")(input, py::arg("copy") = true, py::arg("order") = "C")
+          .cast<py::array>();
+  return input;
 }
 
 }  // namespace bind

@@ -119,6 +119,20 @@ bool check_bag_weights(const py::object& weights_obj, PoolMode mode, const py::d
 // Throws IndexError for the id at flat position `pos` of `ids` (shape `shape`).
 [[noreturn]] void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows,
                                const char* name = "ids");
+// The same for a kernel that reports the value it found bad (read once: another thread may have
+// rewritten ids since). num_rows < 0: no upper bound, only negative ids are bad.
+[[noreturn]] void throw_id_error(const py::array& ids, std::int64_t pos, std::int64_t value, std::int64_t num_rows,
+                                 const char* name = "ids");
+
+// Whether the memory of two arrays may overlap: the byte ranges their elements span intersect.
+// Exact (as np.shares_memory) when both are contiguous; otherwise it may say yes for interleaved
+// arrays that share no element, so callers only use a yes to copy an input, never to refuse.
+bool may_overlap(const py::array& a, const py::array& b);
+
+// A read-only input that a kernel reads while it writes the arrays in `written`: the input itself,
+// or a private C-contiguous copy when it overlaps one of them (the result is then as if the input
+// had been copied first, as numpy's ufuncs and np.add.at give it).
+py::array unshared(const py::array& input, const std::vector<const py::array*>& written);
 
 template <class T>
 const T* cdata(const py::array& a) {

@@ -269,7 +269,7 @@ class DynamicTable:
         names = [n for n, _ in self._columns]
         optimizer.table = self._view(0, with_sink)
         for key, value in optimizer.state.items():
-            if isinstance(value, np.ndarray):
+            if isinstance(value, np.ndarray) and value.ndim > 0:
                 optimizer.state[key] = self._view(names.index(f"opt{optimizer._dynamic_id}.{key}"), with_sink)
 
     @contextlib.contextmanager

@@ -26,6 +26,8 @@ def scatter_add(target: NDArray[np.floating], ids: ArrayLike, values: NDArray[np
     ids : array_like of int32 or int64, any shape
         Row ids, ``0 <= id < num_rows``; they may repeat.
     values : ndarray, shape ``ids.shape + (dim,)``, float32 or float64
+        It may share memory with ``target`` (``scatter_add(t, ids, t[:4])``): it is then copied
+        first, so the result is that of ``np.add.at`` (so are ids that share memory with it).
 
     Raises
     ------

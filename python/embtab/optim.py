@@ -13,6 +13,9 @@ numpy arrays in ``opt.state``. A step touches only the rows of the batch:
 The numerics follow the torch optimizer each class names (same operations in the same order, in
 the table's dtype), so one step or many agree with torch to float rounding. Every id is checked
 before anything is written: a bad id raises IndexError and leaves the table and state unchanged.
+Gradients that share memory with the table or its state are copied first; a table and state arrays
+that share memory with each other raise ValueError. One optimizer takes one step at a time, and the
+step count advances together with the update it counts (whatever interrupts the call).
 
 Learning rates: ``opt.lr`` may be set between steps (it is checked when set), or be a callable
 ``lr(step) -> float`` called before each step with the 1-based number of the step about to be
@@ -45,6 +48,9 @@ import contextlib
 import inspect
 import math
 import numbers
+import os
+import threading
+import weakref
 from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
@@ -70,6 +76,20 @@ def _check_table(table: Any) -> NDArray[np.floating]:
     if not table.flags.writeable:
         raise ValueError("table is read-only (it is updated in place)")
     return table
+
+
+# Every optimizer's step lock, renewed in a forked child: a thread of the parent may have held one
+# at the fork, and that thread does not exist in the child (logging does the same for its handlers).
+_STEP_LOCKED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _new_step_lock(opt: Any) -> None:
+    opt._lock = threading.Lock()
+    _STEP_LOCKED.add(opt)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: [_new_step_lock(opt) for opt in list(_STEP_LOCKED)])
 
 
 def _hyper(name: str, value: Any, *, positive: bool = False) -> float:
@@ -121,6 +141,7 @@ class _SparseOptimizer:
         self.table: NDArray[np.floating] = _check_table(table)
         self.lr = lr
         self.state: Dict[str, Any] = {}
+        _new_step_lock(self)
 
     # Checkpoints (embtab.save / embtab.load): the constructor's hyperparameters and the scalar
     # state (the step count) in the manifest, state arrays as files, the table shared with the layer
@@ -139,8 +160,10 @@ class _SparseOptimizer:
                 # state_dict keeps param_groups' lr), with the number of steps it has counted.
                 value = self.__dict__.get("lr") if name == "lr" else getattr(self, name)
                 hyper[name] = list(value) if isinstance(value, tuple) else value
-        scalars = {k: v for k, v in self.state.items() if not isinstance(v, np.ndarray)}
-        arrays = {f"state.{k}": v for k, v in self.state.items() if isinstance(v, np.ndarray)}
+        # The step count (a 0-d array) is a scalar of the manifest; the per-row state are files.
+        per_row = {k: v for k, v in self.state.items() if isinstance(v, np.ndarray) and v.ndim > 0}
+        scalars = {k: (v.item() if isinstance(v, np.ndarray) else v) for k, v in self.state.items() if k not in per_row}
+        arrays = {f"state.{k}": v for k, v in per_row.items()}
         arrays["table"] = self.layer.weight if self.layer is not None else self.table
         config = {"hyper": hyper, "scalars": scalars, "lr_steps": self._lr_steps}
         if hasattr(self, "_dynamic_id"):  # which of the DynamicTable's state columns are this optimizer's
@@ -249,12 +272,20 @@ class _SparseOptimizer:
             with self._dynamic._update(self) as rows_of:
                 yield rows_of(ids)
 
-    def _next_step(self) -> int:
-        return int(self.state.get("step", 0)) + 1
+    def _step_count(self) -> Optional[np.ndarray]:
+        """The step count, a 0-d int64 array that the compiled step advances together with its
+        update (None for optimizers that keep none). A count set as an int, or a read-only one from
+        a mapped checkpoint, is first replaced by a writeable array of the same value."""
+        count = self.state.get("step")
+        if count is None:
+            return None
+        if not (isinstance(count, np.ndarray) and count.dtype == np.int64 and count.ndim == 0
+                and count.flags.writeable and count.flags.aligned):
+            count = self.state["step"] = np.array(int(count), np.int64)
+        return count
 
-    def _finish_step(self, step: int) -> None:
-        if "step" in self.state:
-            self.state["step"] = step
+    def _next_step(self, count: Optional[np.ndarray]) -> int:
+        return 1 if count is None else int(count) + 1
 
     def step(self, ids: Optional[ArrayLike] = None, grads: Optional[ArrayLike] = None) -> None:
         """Apply one update from the sparse gradient ``(ids, grads)``.
@@ -287,12 +318,14 @@ class _SparseOptimizer:
             ids, grads = self.layer.grad
         elif ids is None or grads is None:
             raise TypeError("step() takes both ids and grads, or neither")
-        step = self._next_step()
-        with self._rows(ids) as rows:
+        grads = as_values(grads, self.table)
+        # One step at a time: each computes its hyperparameters for the count it will advance.
+        with self._lock, self._rows(ids) as rows:
+            count = self._step_count()
             s1, s2 = self._state_arrays()
-            _core.optim_step(self._kind, self.table, s1, s2, rows, as_values(grads, self.table), **self._params(step))
-        self._finish_step(step)
-        self._lr_steps += 1
+            _core.optim_step(self._kind, self.table, s1, s2, rows, grads, step=count,
+                             **self._params(self._next_step(count)))
+            self._lr_steps += 1
 
     def step_bags(
         self,
@@ -323,13 +356,13 @@ class _SparseOptimizer:
             omitted they are recomputed from the table (which must not have changed since the
             forward pass).
         """
-        step = self._next_step()
-        with self._rows(ids) as ids:
+        with self._lock, self._rows(ids) as ids:
             ids, offsets, weights, _ = bag_arguments(ids, offsets, weights, num_rows=len(self.table), weights_like=grad_out,
                                                      include_last_offset=include_last_offset, padding_idx=padding_idx,
                                                      check_ids=True)
             if mode == "max" and argmax is None:
                 _, argmax = gather_bags(self.table, ids, offsets, mode="max", return_argmax=True)
+            count = self._step_count()
             s1, s2 = self._state_arrays()
             _core.optim_step_bags(
                 self._kind,
@@ -342,10 +375,10 @@ class _SparseOptimizer:
                 mode,
                 as_values(weights, grad_out),
                 argmax,
-                **self._params(step),
+                step=count,
+                **self._params(self._next_step(count)),
             )
-        self._finish_step(step)
-        self._lr_steps += 1
+            self._lr_steps += 1
 
     def __repr__(self) -> str:
         table = self.table
@@ -391,8 +424,10 @@ class Adagrad(_SparseOptimizer):
     Attributes
     ----------
     state : dict
-        ``"sum"``: ndarray (num_rows, dim), the accumulated squared gradients; ``"step"``: int,
-        the number of steps taken (it advances on every call, even with an empty batch, as torch's).
+        ``"sum"``: ndarray (num_rows, dim), the accumulated squared gradients; ``"step"``: 0-d int64
+        ndarray, the number of steps taken (it advances on every call, even with an empty batch, as
+        torch's; the compiled step advances it together with its update, so concurrent steps and an
+        interrupted one never lose or repeat a count).
     """
 
     _kind = "adagrad"
@@ -409,7 +444,7 @@ class Adagrad(_SparseOptimizer):
         self.eps = _hyper("eps", eps)
         self.lr_decay = _hyper("lr_decay", lr_decay)
         init = _hyper("initial_accumulator_value", initial_accumulator_value)
-        self.state = {"sum": self._new_state("sum", init), "step": 0}
+        self.state = {"sum": self._new_state("sum", init), "step": np.zeros((), np.int64)}
 
     def _state_arrays(self) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
         return self.state["sum"], None
@@ -495,7 +530,9 @@ class Adam(_SparseOptimizer):
     Attributes
     ----------
     state : dict
-        ``"exp_avg"``, ``"exp_avg_sq"``: ndarrays (num_rows, dim); ``"step"``: int.
+        ``"exp_avg"``, ``"exp_avg_sq"``: ndarrays (num_rows, dim); ``"step"``: 0-d int64 ndarray
+        (torch keeps a tensor), advanced together with the update it counts: concurrent steps and
+        an interrupted one (KeyboardInterrupt) never lose a count or reuse a bias correction.
     """
 
     _kind = "adam"
@@ -511,7 +548,7 @@ class Adam(_SparseOptimizer):
         self.eps = _hyper("eps", eps, positive=True)
         self.betas = self._check_betas(betas)
         self.state = {"exp_avg": self._new_state("exp_avg", 0.0), "exp_avg_sq": self._new_state("exp_avg_sq", 0.0),
-                      "step": 0}
+                      "step": np.zeros((), np.int64)}
 
     @staticmethod
     def _check_betas(betas: Any) -> Tuple[float, float]:
