@@ -46,10 +46,3 @@ def each_path_and_threads(simd_path: str, num_threads: int) -> tuple:
     """Use in a test to run it under every (SIMD path, thread count) pair."""
     return simd_path, num_threads
 
-
-@pytest.fixture
-def prefetch_policy():
-    """Restores the prefetch policy of pooled lookups after a test that changes it."""
-    previous = embtab._core.get_prefetch_policy()
-    yield
-    embtab._core.set_prefetch_policy(previous)

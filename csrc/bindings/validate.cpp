@@ -4,7 +4,9 @@
 
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <sstream>
+#include <utility>
 
 namespace embtab {
 namespace bind {
@@ -88,13 +90,13 @@ py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& 
   for (py::ssize_t extent : shape) count *= extent;
   const std::size_t bytes = static_cast<std::size_t>(count) * static_cast<std::size_t>(dtype.itemsize());
   if (bytes < kMinPooledBytes) {
-    // Small outputs: numpy's allocator, over-allocated by 64 bytes and viewed from a 64-byte boundary.
+    // Small outputs: numpy's allocator, over-allocated by 64 bytes and viewed from a 64-byte
+    // boundary (through numpy's C API: no call into Python).
     constexpr py::ssize_t kAlign = 64;
     py::array_t<std::uint8_t> buffer(static_cast<py::ssize_t>(bytes) + kAlign);
     const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
-    const py::ssize_t skip = static_cast<py::ssize_t>((kAlign - address % kAlign) % kAlign);
-    py::object view = buffer[py::slice(skip, skip + static_cast<py::ssize_t>(bytes), 1)].attr("view")(dtype);
-    return view.attr("reshape")(py::tuple(py::cast(shape))).cast<py::array>();
+    const std::size_t skip = static_cast<std::size_t>((kAlign - address % kAlign) % kAlign);
+    return py::array(dtype, shape, buffer.mutable_data() + skip, buffer);
   }
   // Large outputs: a reusable block from the buffer pool, returned to it when the array dies.
   std::size_t capacity = 0;
@@ -110,6 +112,45 @@ py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& 
     delete o;
   });
   return py::array(dtype, shape, block, base);
+}
+
+namespace {
+
+// [first, last) byte addresses that the elements of a span; first == last when it has none.
+std::pair<std::uintptr_t, std::uintptr_t> memory_extent(const py::array& a) {
+  if (a.size() == 0) return {0, 0};
+  std::uintptr_t first = reinterpret_cast<std::uintptr_t>(a.data()), last = first;
+  for (py::ssize_t k = 0; k < a.ndim(); ++k) {
+    const py::ssize_t span = a.strides(k) * (a.shape(k) - 1);
+    if (span < 0)
+      first -= static_cast<std::uintptr_t>(-span);
+    else
+      last += static_cast<std::uintptr_t>(span);
+  }
+  return {first, last + static_cast<std::uintptr_t>(a.itemsize())};
+}
+
+}  // namespace
+
+bool may_share_memory(const py::array& a, const py::array& b) {
+  const auto x = memory_extent(a), y = memory_extent(b);
+  return x.first < x.second && y.first < y.second && x.first < y.second && y.first < x.second;
+}
+
+Output::Output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape,
+               std::initializer_list<const py::array*> inputs)
+    : result_(prepare_output(out, dtype, shape)), target_(result_), callers_(!out.is_none()) {
+  bool overlap = false;
+  for (const py::array* input : inputs)
+    if (callers_ && input != nullptr && input->ptr() != nullptr) overlap = overlap || may_share_memory(result_, *input);
+  if (overlap) target_ = aligned_empty(dtype, shape);
+  result_data_ = result_.mutable_data();
+  target_data_ = target_.mutable_data();
+  bytes_ = static_cast<std::size_t>(result_.nbytes());
+}
+
+void Output::finish() {
+  if (target_data_ != result_data_) std::memcpy(result_data_, target_data_, bytes_);
 }
 
 std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids) {
