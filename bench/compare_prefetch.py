@@ -7,10 +7,10 @@ spread (min, quartiles, max) of each policy and its ratio to the tuner's median,
 The cases are the ones of ``python -m embtab bench`` (python/embtab/_bench/*_cases.py): the pooled
 lookups that the tuner applies to (multi-threaded, at least 4 MB of rows read).
 
-The tuner exists only in builds from before the single lookup engine (bench/compare_builds.sh
-leaves such a build in .bench-venvs/main):
+The tuner exists only in builds from before the single lookup engine (bench/compare_builds.py
+leaves such a build in .bench-venvs/base):
 
-    .bench-venvs/main/bin/python bench/compare_prefetch.py [--rounds 21] [--threads 2] [--quick]
+    .bench-venvs/base/bin/python bench/compare_prefetch.py [--rounds 21] [--threads 2] [--quick]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main(argv: Any = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(embtab._core, "set_prefetch_policy"):
         print("this embtab build has no prefetch tuner (one fixed policy); run this script with a build from "
-              "before the single lookup engine, e.g. .bench-venvs/main/bin/python (see bench/compare_builds.sh)")
+              "before the single lookup engine, e.g. .bench-venvs/base/bin/python (see bench/compare_builds.py)")
         return 2
     if args.threads:
         embtab.set_num_threads(args.threads)

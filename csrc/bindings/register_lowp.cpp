@@ -15,10 +15,17 @@ namespace embtab {
 namespace bind {
 namespace {
 
+// The float32 input of a conversion (`converter` takes float16 and float64 too, and converts them).
+void require_float32(const py::array& a, const char* name, const char* converter) {
+  if (!a.dtype().equal(py::dtype::of<float>()))
+    throw py::type_error(std::string(name) + " must be a float array (" + converter +
+                         " converts float16 and float64 to float32), got dtype " + dtype_str(a));
+}
+
 py::array to_bfloat16(const py::handle& src_obj, const py::handle& out_obj) {
   const py::array src_in = require_array(src_obj, "x");
-  if (!src_in.dtype().equal(py::dtype::of<float>()))
-    throw py::type_error("x must have dtype float32, got " + dtype_str(src_in));
+  require_float32(src_in, "x", "embtab.to_bfloat16");
+  require_ndim(src_in, 2, "x");
   const py::array src = c_contiguous(src_in);
   py::array out = require_array(out_obj, "out");
   require_output(out, py::dtype::of<std::uint16_t>(), std::vector<py::ssize_t>(src.shape(), src.shape() + src.ndim()),
@@ -37,8 +44,7 @@ py::array to_bfloat16(const py::handle& src_obj, const py::handle& out_obj) {
 // and writable (the caller allocates them aligned).
 void quantize_rows_8bit(const py::handle& table_obj, const py::handle& codes_obj, const py::handle& params_obj) {
   const py::array table_in = require_array(table_obj, "table");
-  if (!table_in.dtype().equal(py::dtype::of<float>()))
-    throw py::type_error("table must have dtype float32, got " + dtype_str(table_in));
+  require_float32(table_in, "table", "embtab.quantize_rows");
   require_ndim(table_in, 2, "table");
   const py::array table = c_contiguous(table_in);
   const std::int64_t num_rows = table.shape(0), dim = table.shape(1);

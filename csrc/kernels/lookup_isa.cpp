@@ -29,10 +29,6 @@ using std::int64_t;
 constexpr int64_t kStreamGatherBytes = int64_t(8) << 20;
 constexpr int64_t kStreamBagsBytes = int64_t(2) << 20;
 
-// Vectors of a row pooled at once in registers (16 architectural vector registers on avx2 and the
-// baseline; some are needed for the row being read).
-constexpr int64_t kBlockVectors = 8;
-
 template <class R>
 using OutOf = typename R::Out;
 template <class T>
@@ -67,19 +63,23 @@ int64_t first_invalid(const I* ids, int64_t n, int64_t num_rows) {
 }
 
 // With OnInvalid::read_zeros: a one-row table of zero bytes (and zero scale and bias), which reads
-// as zeros in every format.
+// as zeros in every format. (Raw storage from operator new: it holds values of any format's type.)
 class ZeroRow {
  public:
   ZeroRow(const TableView& table, OnInvalid on_invalid)
-      : words_(on_invalid == OnInvalid::read_zeros ? new std::uint64_t[static_cast<std::size_t>(table.dim) + 1]() : nullptr),
-        view_{table.format, words_, reinterpret_cast<const float*>(words_), words_ ? 1 : 0, table.dim} {}
-  ~ZeroRow() { delete[] words_; }
+      : bytes_(on_invalid == OnInvalid::read_zeros ? 8 * static_cast<std::size_t>(table.dim + 1) : 0),
+        storage_(bytes_ ? ::operator new(bytes_) : nullptr),
+        view_{table.format, storage_, static_cast<const float*>(storage_), storage_ ? 1 : 0, table.dim} {
+    if (storage_) __builtin_memset(storage_, 0, bytes_);
+  }
+  ~ZeroRow() { ::operator delete(storage_); }
   ZeroRow(const ZeroRow&) = delete;
   ZeroRow& operator=(const ZeroRow&) = delete;
   const TableView& view() const { return view_; }
 
  private:
-  std::uint64_t* words_;
+  std::size_t bytes_;
+  void* storage_;
   TableView view_;
 };
 
@@ -244,7 +244,7 @@ int64_t gather(const TableView& table, const I* ids, int64_t n, void* out_ptr, O
 // ---- pooled bags ----
 
 // One bag of a compile-time row length D (a multiple of the lanes), without argmax: the
-// accumulators of up to kBlockVectors vectors stay in registers while the bag's rows stream
+// accumulators of up to kMaxAccumulators vectors stay in registers while the bag's rows stream
 // through; wider rows take several passes over the bag (the later ones hit cache). The first pass
 // prefetches and counts invalid ids. Same operations in the same order as the in-memory loop of
 // bags_range, so the same results. Returns false after recording a bad id.
@@ -256,7 +256,7 @@ EMBTAB_INLINE bool pool_bag_in_registers(const Rows<R>& rows, const I* EMBTAB_RE
   typedef typename VecOf<T>::type V;
   constexpr int64_t L = lanes<T>();
   constexpr int64_t kVectors = D / L;
-  constexpr int64_t kBlock = kVectors < kBlockVectors ? kVectors : kBlockVectors;
+  constexpr int64_t kBlock = kVectors < kMaxAccumulators ? kVectors : kMaxAccumulators;
   static_assert(kVectors % kBlock == 0, "row length must split into whole blocks");
   // Row i (prefetching ahead and counting an invalid id on the first pass), or false to stop.
   const auto fetch = [&](int64_t i, int64_t c0, R& row) -> bool {

@@ -158,6 +158,14 @@ class QuantizedTable:
         return f"QuantizedTable(shape={self.shape}, bits={self.bits})"
 
 
+def _as_float32(x: ArrayLike) -> Any:
+    """An array; float16 / float64 ones converted to float32 (the compiled layer checks the rest)."""
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f" and arr.dtype != np.float32:
+        return arr.astype(np.float32)
+    return arr
+
+
 def to_bfloat16(x: ArrayLike) -> BFloat16Table:
     """Round a table to bfloat16: round to nearest, ties to even.
 
@@ -179,13 +187,7 @@ def to_bfloat16(x: ArrayLike) -> BFloat16Table:
     ValueError
         ``x`` is not 2-D.
     """
-    arr = np.asarray(x)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"x must be a float array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"x must be 2-D (num_rows, dim), got shape {arr.shape}")
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
+    arr = _as_float32(x)
     return BFloat16Table(_core.to_bfloat16_bits(arr, aligned_empty(arr.shape, np.uint16)))
 
 
@@ -219,15 +221,10 @@ def quantize_rows(table: ArrayLike, bits: int = 8) -> QuantizedTable:
     bits = operator.index(bits)
     if bits != 8:
         raise ValueError(f"bits must be 8, got {bits}")
-    arr = np.asarray(table)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"table must be a float array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"table must be 2-D (num_rows, dim), got shape {arr.shape}")
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
+    arr = _as_float32(table)
     quantized = QuantizedTable.__new__(QuantizedTable)
-    quantized._allocate(*arr.shape)
+    # (A table that is not 2-D gets outputs it never fills: the compiled layer refuses the table.)
+    quantized._allocate(*(arr.shape + (0, 0))[:2])
     _core.quantize_rows_8bit(arr, quantized.data, quantized.params)
     return quantized
 
