@@ -6,14 +6,19 @@ median over rounds of each build's median time, the spread over rounds, and the 
 
     python3 bench/compare_builds.py [--base main] [--rounds 5] [--cases gather,bags_] [--quick]
 
-Alternating whole runs (main, this, main, this, ...; the order flips every round) keeps a change in
-the machine's speed from favouring one build. The environments are kept: a second run with
---no-build reuses them (e.g. ``.bench-venvs/main/bin/python bench/compare_prefetch.py``).
+Alternating whole runs (main, this, main, this, ...; the order flips every round) keeps a slow change
+in the machine's speed from favouring one build. On a busy machine, add ``--paired``: one process
+loads both builds (the base one renamed ``embtab_base``), builds each case for both from the same
+seeds, and calls them alternately, each call on a fresh batch of ids; it reports wall time and the
+process's CPU time (which time spent waiting for a CPU does not inflate) and the median of the
+per-pair ratios. The environments are kept: a second run with --no-build reuses them (and
+``.bench-venvs/base/bin/python bench/compare_prefetch.py`` times the base build's prefetch tuner).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -80,6 +85,70 @@ def bench_once(python: Path, cases: str, quick: bool, repeats: int, json_path: P
     subprocess.run(cmd, check=True, cwd="/", stdout=subprocess.DEVNULL)
 
 
+def paired_worker(base_parent: Path, cases: str, quick: bool, rounds: int) -> None:
+    """Runs in this build's environment: each case of both builds, called alternately."""
+    import time
+
+    import embtab
+    from embtab._bench.common import Config
+    from embtab._bench.runner import iter_cases
+
+    sys.path.insert(0, str(base_parent))
+    base = importlib.import_module("embtab_base")
+    wanted = [w.strip() for w in cases.split(",") if w.strip()]
+    config = Config.make(quick)
+    print(f"| case | base ms (cpu) | this ms (cpu) | this/base wall | this/base cpu |\n|---|---|---|---|---|")
+    base_cases: Dict[str, object] = {}  # the base build's cases of the module being run
+    for case in iter_cases(config, wanted):
+        module = case.run.__module__  # embtab._bench.<name>_cases
+        if base_cases.get("module") != module:
+            # The base build's definition of the same cases: its module, imported while `embtab`
+            # names the base build.
+            base_cases.clear()
+            saved = sys.modules["embtab"]
+            sys.modules["embtab"] = base
+            try:
+                base_module = importlib.import_module(module.replace("embtab.", "embtab_base.", 1))
+            finally:
+                sys.modules["embtab"] = saved
+            base_cases.update({c.name: c for c in base_module.cases(config)}, module=module)
+        twin = base_cases.get(case.name)
+        if twin is None:
+            continue
+        runs = {"base": twin, "this": case}
+        wall: Dict[str, List[float]] = {"base": [], "this": []}
+        cpu: Dict[str, List[float]] = {"base": [], "this": []}
+        for r in range(rounds + 3):  # 3 rounds of warm-up
+            for name in (("base", "this") if r % 2 == 0 else ("this", "base")):
+                c = runs[name]
+                if c.batches is not None:
+                    c.batches.advance()
+                c0, w0 = time.process_time(), time.perf_counter()
+                c.run()
+                w1, c1 = time.perf_counter(), time.process_time()
+                if r >= 3:
+                    wall[name].append(w1 - w0)
+                    cpu[name].append(c1 - c0)
+        med = {k: {n: statistics.median(v[n]) for n in v} for k, v in (("wall", wall), ("cpu", cpu))}
+        ratio = {k: statistics.median(t / b for t, b in zip(v["this"], v["base"])) for k, v in (("wall", wall), ("cpu", cpu))}
+        print(f"| {case.name} | {med['wall']['base'] * 1e3:.2f} ({med['cpu']['base'] * 1e3:.2f}) | "
+              f"{med['wall']['this'] * 1e3:.2f} ({med['cpu']['this'] * 1e3:.2f}) | {ratio['wall']:.3f} | "
+              f"{ratio['cpu']:.3f} |", flush=True)
+        del runs, twin
+
+
+def paired(pythons: Dict[str, Path], cases: str, quick: bool, rounds: int) -> None:
+    site = subprocess.run([str(pythons["base"]), "-c", "import embtab, os; print(os.path.dirname(embtab.__file__))"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    parent = VENVS / "paired"
+    if parent.exists():
+        shutil.rmtree(parent)
+    shutil.copytree(site, parent / "embtab_base")
+    print(f"\npaired, in one process: medians of {rounds} calls of each build, alternating; cpu = process CPU time")
+    run([str(pythons["this"]), str(Path(__file__).resolve()), "--paired-worker", str(parent), "--cases", cases,
+         "--rounds", str(rounds)] + (["--quick"] if quick else []), cwd="/")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="main", help="git revision to compare with (default main)")
@@ -88,7 +157,12 @@ def main() -> int:
     parser.add_argument("--cases", default=DEFAULT_CASES, help="as for `python -m embtab bench --cases` ('' = all)")
     parser.add_argument("--quick", action="store_true", help="the small sizes of `bench --quick`")
     parser.add_argument("--no-build", action="store_true", help="reuse the environments of an earlier run")
+    parser.add_argument("--paired", action="store_true", help="then time both builds in one process (see above)")
+    parser.add_argument("--paired-worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.paired_worker:
+        paired_worker(Path(args.paired_worker), args.cases, args.quick, args.rounds)
+        return 0
 
     names = ("base", "this")
     pythons = {name: VENVS / name / "bin" / "python" for name in names}
@@ -129,6 +203,8 @@ def main() -> int:
         if min(by["this"]) > b:
             slower.append(case)
     print("\nslower beyond the spread of runs: " + (", ".join(slower) if slower else "none"))
+    if args.paired:
+        paired(pythons, args.cases, args.quick, 4 * args.rounds * args.repeats)
     return 1 if differ else 0
 
 

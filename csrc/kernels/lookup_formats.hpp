@@ -7,7 +7,7 @@
 //   kFusedSum              sums use sum_into (8-bit rows), not vec(j) additions;
 //   bytes(dim)             the bytes of a stored row that a lookup reads (and prefetches);
 //   at<D>(table, id)       row id (D > 0: the row length, known at compile time);
-//   prefetch(table, id)    prefetches row id;
+//   prefetch<D>(table, id) prefetches row id;
 //   vec(j), one(j)         elements [j, j + lanes) as one native vector, element j alone.
 //
 // Reduced-precision rows are widened to float32 in registers as they are read: float16 with F16C
@@ -106,8 +106,10 @@ struct PlainRow {
   EMBTAB_INLINE static PlainRow at(const TableView& t, std::int64_t id) {
     return PlainRow{static_cast<const T*>(t.rows) + id * (D > 0 ? D : t.dim)};
   }
+  template <int D>
   EMBTAB_INLINE static void prefetch(const TableView& t, std::int64_t id) {
-    prefetch_row(static_cast<const T*>(t.rows) + id * t.dim, bytes(t.dim));
+    const std::int64_t dim = D > 0 ? D : t.dim;
+    prefetch_row(static_cast<const T*>(t.rows) + id * dim, bytes(dim));
   }
   EMBTAB_INLINE typename VecOf<T>::type vec(std::int64_t j) const { return vload(p + j); }
   EMBTAB_INLINE T one(std::int64_t j) const { return p[j]; }
@@ -125,8 +127,10 @@ struct HalfRow {
   EMBTAB_INLINE static HalfRow at(const TableView& t, std::int64_t id) {
     return HalfRow{static_cast<const std::uint16_t*>(t.rows) + id * (D > 0 ? D : t.dim)};
   }
+  template <int D>
   EMBTAB_INLINE static void prefetch(const TableView& t, std::int64_t id) {
-    prefetch_row(static_cast<const std::uint16_t*>(t.rows) + id * t.dim, bytes(t.dim));
+    const std::int64_t dim = D > 0 ? D : t.dim;
+    prefetch_row(static_cast<const std::uint16_t*>(t.rows) + id * dim, bytes(dim));
   }
   EMBTAB_INLINE VFloat vec(std::int64_t j) const { return Wide(p + j); }
   EMBTAB_INLINE float one(std::int64_t j) const { return WideOne(p[j]); }
@@ -153,8 +157,10 @@ struct I8Row {
     return make(static_cast<const std::uint8_t*>(t.rows) + id * (D > 0 ? D : t.dim), t.params[2 * id],
                 t.params[2 * id + 1]);
   }
+  template <int D>
   EMBTAB_INLINE static void prefetch(const TableView& t, std::int64_t id) {
-    prefetch_row(static_cast<const std::uint8_t*>(t.rows) + id * t.dim, t.dim);
+    const std::int64_t dim = D > 0 ? D : t.dim;
+    prefetch_row(static_cast<const std::uint8_t*>(t.rows) + id * dim, dim);
     __builtin_prefetch(t.params + 2 * id, 0, 3);
   }
   EMBTAB_INLINE I8Row weighted(float w) const { return make(q, w * scale, w * bias); }
