@@ -142,6 +142,7 @@ EXIT_DURING_KERNEL = """
     bag_ids = ids.reshape(-1, 20)
     grad_out = np.ones((bag_ids.shape[0], 32), np.float32)
     opt = embtab.optim.Adam(table, lr=0.1)
+    dynamic = embtab.DynamicTable(32)
     calls = {
         "step": lambda: opt.step(ids, values),
         "step_bags": lambda: opt.step_bags(grad_out, bag_ids),
@@ -149,6 +150,9 @@ EXIT_DURING_KERNEL = """
         "coalesce": lambda: embtab.coalesce(ids, values),
         "gather_bags_grad": lambda: embtab.gather_bags_grad(grad_out, bag_ids),
         "gather_bags": lambda: embtab.gather_bags(table, bag_ids),
+        "gather": lambda: embtab.gather(table, ids),
+        "hash_buckets": lambda: embtab.hash_buckets(ids, 1000),
+        "dynamic_gather": lambda: dynamic.gather(ids),
     }
 
     def loop():
@@ -161,9 +165,7 @@ EXIT_DURING_KERNEL = """
 """
 
 EXIT_CASES = ["step", "step_bags", "scatter_add", "coalesce", "gather_bags_grad",
-              pytest.param("gather_bags", marks=pytest.mark.xfail(
-                  reason="register_lookup.cpp still releases the GIL with py::gil_scoped_release (another "
-                         "helper's file): it must use bind::GilRelease (csrc/bindings/gil.hpp)"))]
+              "gather_bags", "gather", "hash_buckets", "dynamic_gather"]
 
 
 @pytest.mark.parametrize("case", EXIT_CASES)

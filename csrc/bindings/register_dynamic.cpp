@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "bindings/gil.hpp"
 #include "bindings/register.hpp"
 #include "bindings/validate.hpp"
 #include "kernels/buffer_pool.hpp"
@@ -28,7 +29,7 @@ using TablePtr = std::shared_ptr<DynamicTable>;
 template <class F>
 auto call(F&& f) -> decltype(f()) {
   try {
-    py::gil_scoped_release release;
+    GilRelease release;
     return f();
   } catch (const DynamicTableClosed& e) {
     throw py::value_error("the DynamicTable is closed");

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "bindings/keys.hpp"
+#include "bindings/gil.hpp"
 #include "bindings/register.hpp"
 #include "bindings/validate.hpp"
 #include "kernels/hashing.hpp"
@@ -64,7 +65,7 @@ template <class Kernel>
 void run_kernel(const Keys& keys, const char* name, Kernel&& kernel) {
   std::int64_t bad;
   {
-    py::gil_scoped_release release;  // only raw pointers from here on
+    GilRelease release;  // only raw pointers from here on
     bad = kernel(keys.source);
   }
   raise_if_unencodable(keys, bad, name);

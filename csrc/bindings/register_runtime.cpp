@@ -12,8 +12,6 @@
 #include "kernels/buffer_pool.hpp"
 #include "kernels/dispatch.hpp"
 #include "kernels/parallel.hpp"
-#include "kernels/lookup.hpp"
-#include "kernels/tuner.hpp"
 
 namespace embtab {
 namespace bind {
@@ -22,15 +20,23 @@ namespace py = pybind11;
 
 namespace {
 
-Isa isa_from_name(const std::string& name) {
+// The path named `name`; ValueError for an unknown name.
+Isa parse_path(const std::string& name) {
   Isa isa;
-  if (!parse_isa(name, isa))
+  if (!parse_isa(name.c_str(), isa))
     throw py::value_error("unknown SIMD path '" + name + "'; expected 'scalar', 'avx2' or 'avx512'");
+  return isa;
+}
+
+// The path named `name`, which must be available here.
+Isa isa_from_name(const std::string& name) {
+  const Isa isa = parse_path(name);
   if (!isa_available(isa))
     throw py::value_error("SIMD path '" + name + "' is not available on this CPU or in this build (available: " +
                           [] {
                             std::string s;
-                            for (Isa a : available_isas()) s += (s.empty() ? "" : ", ") + std::string(isa_name(a));
+                            for (Isa a : kIsas)
+                              if (isa_available(a)) s += (s.empty() ? "" : ", ") + std::string(isa_name(a));
                             return s;
                           }() + ")");
   return isa;
@@ -77,30 +83,29 @@ void register_runtime(py::module_& m) {
   m.def("set_simd_path", [](const std::string& name) { set_current_isa(isa_from_name(name)); });
   m.def("available_simd_paths", [] {
     std::vector<std::string> names;
-    for (Isa isa : available_isas()) names.emplace_back(isa_name(isa));
+    for (Isa isa : kIsas)
+      if (isa_available(isa)) names.emplace_back(isa_name(isa));
     return names;
   });
+  m.def("simd_path_features", [](const std::string& name) {
+    const char* features = isa_features(parse_path(name));
+    if (features == nullptr) throw py::value_error("SIMD path '" + name + "' is not in this build");
+    std::vector<std::string> names;
+    std::string current;
+    for (const char* p = features;; ++p) {
+      if (*p == ',' || *p == '\0') {
+        if (!current.empty()) names.push_back(current);
+        current.clear();
+        if (*p == '\0') break;
+      } else {
+        current += *p;
+      }
+    }
+    return names;
+  }, py::arg("name"),
+     "The CPU features a SIMD path is compiled for (GCC -m flag names); the path runs only where the CPU "
+     "and OS support all of them (see EMBTAB_DISABLE_CPU_FEATURES).");
   m.def("best_simd_path", [] { return std::string(isa_name(best_isa())); });
-  // How pooled lookups prefetch the rows ahead: "auto" (timed, the faster of the two), "row"
-  // (every cache line of a row) or "line" (its first line only); EMBTAB_PREFETCH sets it at start-up.
-  m.def("set_prefetch_policy", [](const std::string& name) {
-    if (name == "auto") set_tune_override(-1);
-    else if (name == "row") set_tune_override(0);
-    else if (name == "line") set_tune_override(1);
-    else throw py::value_error("prefetch policy must be 'auto', 'row' or 'line', got '" + name + "'");
-  });
-  m.def("get_prefetch_policy", [] {
-    const int forced = get_tune_override();
-    return std::string(forced == 0 ? "row" : forced == 1 ? "line" : "auto");
-  });
-  m.def("bags_prefetch_counts", [](std::int64_t row_bytes, std::int64_t chunks, int kind) {
-    std::int64_t counts[2];
-    tune_counts(TuneSite::bags_prefetch, bags_tune_detail(row_bytes, chunks, kind), counts);
-    return py::make_tuple(counts[0], counts[1]);
-  }, py::arg("row_bytes"), py::arg("chunks"), py::arg("kind") = 0,
-     "Calls of multi-threaded bags (kind 0 sum / mean, 1 weighted, 2 max, 3 max with argmax; plus 4 for "
-     "float16 / bfloat16 tables, plus 8 for 8-bit ones) over rows of row_bytes in `chunks` chunks timed so "
-     "far with whole-row and lead-line prefetching (for tests).");
 }
 
 }  // namespace bind

@@ -316,7 +316,7 @@ OptimTable check_optim(const std::string& kind_name, const py::handle& table_obj
       {&t.table, "the table"}, {&t.state1, name1}, {&t.state2, name2}, {&t.step, "state['step']"}};
   for (std::size_t i = 0; i < 4; ++i)
     for (std::size_t j = i + 1; j < 4; ++j)
-      if (may_overlap(*written[i].first, *written[j].first))
+      if (may_share_memory(*written[i].first, *written[j].first))
         throw py::value_error(std::string(written[i].second) + " and " + written[j].second +
                               " share memory; an optimizer's table and state must be separate arrays (the step "
                               "writes both)");

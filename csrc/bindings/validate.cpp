@@ -5,7 +5,9 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cstring>
 #include <sstream>
+#include <utility>
 
 namespace embtab {
 namespace bind {
@@ -89,13 +91,13 @@ py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& 
   for (py::ssize_t extent : shape) count *= extent;
   const std::size_t bytes = static_cast<std::size_t>(count) * static_cast<std::size_t>(dtype.itemsize());
   if (bytes < kMinPooledBytes) {
-    // Small outputs: numpy's allocator, over-allocated by 64 bytes and viewed from a 64-byte boundary.
+    // Small outputs: numpy's allocator, over-allocated by 64 bytes and viewed from a 64-byte
+    // boundary (through numpy's C API: no call into Python).
     constexpr py::ssize_t kAlign = 64;
     py::array_t<std::uint8_t> buffer(static_cast<py::ssize_t>(bytes) + kAlign);
     const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
-    const py::ssize_t skip = static_cast<py::ssize_t>((kAlign - address % kAlign) % kAlign);
-    py::object view = buffer[py::slice(skip, skip + static_cast<py::ssize_t>(bytes), 1)].attr("view")(dtype);
-    return view.attr("reshape")(py::tuple(py::cast(shape))).cast<py::array>();
+    const std::size_t skip = static_cast<std::size_t>((kAlign - address % kAlign) % kAlign);
+    return py::array(dtype, shape, buffer.mutable_data() + skip, buffer);
   }
   // Large outputs: a reusable block from the buffer pool, returned to it when the array dies.
   std::size_t capacity = 0;
@@ -111,6 +113,45 @@ py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& 
     delete o;
   });
   return py::array(dtype, shape, block, base);
+}
+
+namespace {
+
+// [first, last) byte addresses that the elements of a span; first == last when it has none.
+std::pair<std::uintptr_t, std::uintptr_t> memory_extent(const py::array& a) {
+  if (a.size() == 0) return {0, 0};
+  std::uintptr_t first = reinterpret_cast<std::uintptr_t>(a.data()), last = first;
+  for (py::ssize_t k = 0; k < a.ndim(); ++k) {
+    const py::ssize_t span = a.strides(k) * (a.shape(k) - 1);
+    if (span < 0)
+      first -= static_cast<std::uintptr_t>(-span);
+    else
+      last += static_cast<std::uintptr_t>(span);
+  }
+  return {first, last + static_cast<std::uintptr_t>(a.itemsize())};
+}
+
+}  // namespace
+
+bool may_share_memory(const py::array& a, const py::array& b) {
+  const auto x = memory_extent(a), y = memory_extent(b);
+  return x.first < x.second && y.first < y.second && x.first < y.second && y.first < x.second;
+}
+
+Output::Output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape,
+               std::initializer_list<const py::array*> inputs)
+    : result_(prepare_output(out, dtype, shape)), target_(result_), callers_(!out.is_none()) {
+  bool overlap = false;
+  for (const py::array* input : inputs)
+    if (callers_ && input != nullptr && input->ptr() != nullptr) overlap = overlap || may_share_memory(result_, *input);
+  if (overlap) target_ = aligned_empty(dtype, shape);
+  result_data_ = result_.mutable_data();
+  target_data_ = target_.mutable_data();
+  bytes_ = static_cast<std::size_t>(result_.nbytes());
+}
+
+void Output::finish() {
+  if (target_data_ != result_data_) std::memcpy(result_data_, target_data_, bytes_);
 }
 
 std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids, bool include_last_offset) {
@@ -294,19 +335,6 @@ py::array checked_bag_offsets(const py::handle& ids_obj, const py::object& offse
   return std::move(result);
 }
 
-// [begin, end) of the bytes an array's elements span; empty for an empty array.
-void byte_extent(const py::array& a, std::uintptr_t& begin, std::uintptr_t& end) {
-  begin = end = reinterpret_cast<std::uintptr_t>(a.data());
-  if (a.size() == 0) return;
-  std::intptr_t low = 0, high = 0;
-  for (py::ssize_t k = 0; k < a.ndim(); ++k) {
-    const std::intptr_t span = static_cast<std::intptr_t>(a.shape(k) - 1) * static_cast<std::intptr_t>(a.strides(k));
-    (span < 0 ? low : high) += span;
-  }
-  begin = static_cast<std::uintptr_t>(static_cast<std::intptr_t>(begin) + low);
-  end = static_cast<std::uintptr_t>(static_cast<std::intptr_t>(end) + high + a.itemsize());
-}
-
 }  // namespace
 
 void register_validate(py::module_& m) {
@@ -314,16 +342,9 @@ void register_validate(py::module_& m) {
         py::arg("num_rows") = -1, "Checked CSR offsets of a pooled lookup's bags; see embtab.gather_bags.");
 }
 
-bool may_overlap(const py::array& a, const py::array& b) {
-  std::uintptr_t a0, a1, b0, b1;
-  byte_extent(a, a0, a1);
-  byte_extent(b, b0, b1);
-  return a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1;
-}
-
 py::array unshared(const py::array& input, const std::vector<const py::array*>& written) {
   for (const py::array* w : written)
-    if (w && may_overlap(input, *w))
+    if (w && may_share_memory(input, *w))
       return py::module_::import("numpy").attr("array")(input, py::arg("copy") = true, py::arg("order") = "C")
           .cast<py::array>();
   return input;

@@ -11,6 +11,7 @@
 #include <queue>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/parallel.hpp"
 
@@ -849,14 +850,12 @@ namespace {
 // Reads the rows of a call (already resolved; -1 reads as zeros) with the lookup kernels.
 template <class T>
 struct RowReader {
-  const T* table;
-  int64_t num_rows, dim;
-  std::vector<T> zeros;
+  TableView view;
   RowReader(const DynamicTable::Impl& impl)
-      : table(static_cast<const T*>(impl.columns[0].block->data())), num_rows(impl.high_water.load()),
-        dim(impl.config.dim), zeros(static_cast<std::size_t>(impl.config.dim) + 1, T(0)) {}
-};
-}  // namespace
+      : view{std::is_same<T, double>::value ? RowFormat::f64 : RowFormat::f32, impl.columns[0].block->data(), nullptr,
+             impl.high_water.load(), impl.config.dim} {}
+  const LookupFns<int64_t>& kernels() const { return lookup_kernels().i64[static_cast<int>(view.format)]; }
+};}  // namespace
 
 // The rows of keys (inserting or not), then read(): under one lock, so that no other call
 // changes a row in between.
@@ -879,7 +878,7 @@ void DynamicTable::gather(const int64_t* keys, int64_t n, bool insert, int64_t* 
   resolve_then(*impl_, keys, n, insert, rows, [&] {
     RowReader<T> r(*impl_);
     int64_t num_invalid = 0;
-    lookup_kernels().get<T, int64_t>().gather(r.table, r.num_rows, r.dim, rows, n, out, r.zeros.data(), &num_invalid);
+    r.kernels().gather(r.view, rows, n, out, OnInvalid::read_zeros, &num_invalid);
   });
 }
 
@@ -889,8 +888,7 @@ void DynamicTable::gather_bags(const int64_t* keys, const int64_t* offsets, int6
   resolve_then(*impl_, keys, offsets[num_bags], insert, rows, [&] {
     RowReader<T> r(*impl_);
     int64_t num_invalid = 0;
-    lookup_kernels().get<T, int64_t>().bags(r.table, r.num_rows, r.dim, rows, offsets, num_bags, weights, mode, out,
-                                            argmax, r.zeros.data(), &num_invalid);
+    r.kernels().bags(r.view, rows, offsets, num_bags, weights, mode, out, argmax, OnInvalid::read_zeros, &num_invalid);
   });
 }
 

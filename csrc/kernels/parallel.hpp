@@ -5,7 +5,8 @@
 //
 // The interface takes a plain function pointer plus a context pointer (not std::function) so
 // that kernels compiled with -mavx2/-mavx512f never instantiate shared inline library code that
-// the linker could then hand to the baseline path.
+// the linker could then hand to the baseline path; the templates and inline functions over it
+// (parallel_for.hpp) are compiled inside each path's namespace.
 #pragma once
 
 #include <cstddef>
@@ -42,43 +43,12 @@ using ChunkFn = void (*)(void* ctx, std::size_t chunk, std::size_t num_chunks);
 // chunks run on the calling thread. The chunks are the same either way, so are the results.
 void run_chunks(std::size_t max_chunks, ChunkFn fn, void* ctx);
 
-// The half-open range [begin, end) of chunk c when n items are split into num_chunks parts.
-inline void chunk_range(std::size_t n, std::size_t c, std::size_t num_chunks, std::size_t& begin,
-                        std::size_t& end) {
-  const std::size_t base = n / num_chunks, extra = n % num_chunks;
-  begin = c * base + (c < extra ? c : extra);
-  end = begin + base + (c < extra ? 1 : 0);
-}
-
-namespace detail {
-template <class F>
-struct RangeJob {
-  std::size_t n;
-  F* f;
-};
-template <class F>
-void call_range(void* ctx, std::size_t chunk, std::size_t num_chunks) {
-  auto& job = *static_cast<RangeJob<F>*>(ctx);
-  std::size_t begin, end;
-  chunk_range(job.n, chunk, num_chunks, begin, end);
-  if (begin < end) (*job.f)(begin, end);
-}
-}  // namespace detail
-
-// parallel_for(n, grain, f): calls f(begin, end) over contiguous ranges covering [0, n), using at
-// most one thread per `grain` items. F is a lambda local to the caller, so every instantiation is
-// unique to its translation unit (and instruction set).
-template <class F>
-void parallel_for(std::size_t n, std::size_t grain, F& f) {
-  if (n == 0) return;
-  if (grain == 0) grain = 1;
-  detail::RangeJob<F> job{n, &f};
-  const std::size_t max_chunks = (n + grain - 1) / grain;
-  run_chunks(max_chunks, &detail::call_range<F>, &job);
-}
-template <class F>
-void parallel_for(std::size_t n, std::size_t grain, F&& f) {
-  parallel_for(n, grain, f);
-}
-
 }  // namespace embtab
+
+// parallel_for and chunk_range: in per-path translation units, isa_common.hpp includes them inside
+// the path's namespace instead (so that no copy compiled with one path's flags can serve another).
+#if !defined(EMBTAB_ISA_NS)
+namespace embtab {
+#include "kernels/parallel_for.hpp"
+}  // namespace embtab
+#endif

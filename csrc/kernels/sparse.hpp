@@ -133,6 +133,8 @@ struct SparseKernels {
   const SparseFns<T>& get() const;
 };
 
+// Baseline code only: per-path translation units must not define inline functions (ci/check_odr.sh).
+#if !defined(EMBTAB_ISA_NS)
 template <> inline const SparseIndexFns<std::int32_t>& SparseKernels::index() const { return i32; }
 template <> inline const SparseIndexFns<std::int64_t>& SparseKernels::index() const { return i64; }
 template <> inline const ScatterFns<float, std::int32_t>& SparseKernels::scatter() const { return scatter_f32_i32; }
@@ -141,6 +143,7 @@ template <> inline const ScatterFns<double, std::int32_t>& SparseKernels::scatte
 template <> inline const ScatterFns<double, std::int64_t>& SparseKernels::scatter() const { return scatter_f64_i64; }
 template <> inline const SparseFns<float>& SparseKernels::get() const { return f32; }
 template <> inline const SparseFns<double>& SparseKernels::get() const { return f64; }
+#endif
 
 }  // namespace embtab
 

@@ -59,11 +59,6 @@ EMBTAB_INLINE void prefetch_row_write(const void* row, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += kCacheLine) __builtin_prefetch(p + off, 1, 3);
 }
 
-// How many rows ahead to prefetch: about 8 KiB of rows in flight per thread.
-EMBTAB_INLINE int64_t prefetch_distance(int64_t row_bytes) {
-  return max_of<int64_t>(2, min_of<int64_t>(16, 8192 / max_of<int64_t>(row_bytes, 1)));
-}
-
 EMBTAB_INLINE float sqrt_of(float x) { return __builtin_sqrtf(x); }
 EMBTAB_INLINE double sqrt_of(double x) { return __builtin_sqrt(x); }
 
