@@ -141,6 +141,7 @@ def train_flatten(train: Tuple[List[List[str]], np.ndarray], test: Tuple[List[Li
         started, order, losses = time.perf_counter(), rng.permutation(len(x_train)), []
         for start in range(0, len(order), batch):
             idx = order[start : start + batch]
+            opt.zero_grad()  # backward() adds to embedding.grad; step() leaves it
             emb = embedding.forward(x_train[idx])  # (b, maxlen, dim)
             flat = emb.reshape(len(idx), -1)
             p = dense.forward(flat)
@@ -169,6 +170,7 @@ def train_bag(train: Tuple[List[List[str]], np.ndarray], test: Tuple[List[List[s
         started, order, losses = time.perf_counter(), rng.permutation(len(docs)), []
         for start in range(0, len(order), batch):
             idx = order[start : start + batch]
+            opt.zero_grad()
             h = layer.forward([docs[i] for i in idx])
             p = dense.forward(h)
             y = train[1][idx]

@@ -1,5 +1,6 @@
 """atheris target: MurmurHash3, buckets, FeatureHasher mapping and fastText hashes on hostile
-keys (arbitrary unicode incl. lone surrogates, bytes, mixed lists, integer arrays)."""
+keys (arbitrary unicode incl. lone surrogates, bytes, bytearray, memoryview (strided or released
+too), mixed lists, documents, integer arrays)."""
 
 import sys
 
@@ -12,8 +13,20 @@ with atheris.instrument_imports():
     from _common import ALLOWED, int_array, pick
 
 
+def buffer_key(fdp):
+    raw = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 80))
+    view = memoryview(raw)[:: fdp.ConsumeIntInRange(1, 2)]
+    if fdp.ConsumeBool():
+        view.release()
+    return pick(fdp, [bytearray(raw), view, memoryview(bytearray(raw))])
+
+
 def keys_from(fdp):
-    kind = fdp.ConsumeIntInRange(0, 4)
+    kind = fdp.ConsumeIntInRange(0, 6)
+    if kind == 5:
+        return [buffer_key(fdp) for _ in range(fdp.ConsumeIntInRange(0, 6))]
+    if kind == 6:
+        return [[fdp.ConsumeUnicode(5), buffer_key(fdp)] for _ in range(fdp.ConsumeIntInRange(1, 4))]
     if kind == 0:
         return [fdp.ConsumeUnicode(12) for _ in range(fdp.ConsumeIntInRange(0, 8))]
     if kind == 1:
@@ -33,14 +46,15 @@ def TestOneInput(data: bytes) -> None:
         which = fdp.ConsumeIntInRange(0, 4)
         if which == 0:
             h = embtab.murmur3_32(keys, seed)
-            assert np.shape(h) == np.shape(keys) or isinstance(h, int)
+            # (numpy would read a list of bytes-like keys as a 2-D array)
+            assert np.shape(h) == ((len(keys),) if isinstance(keys, list) else np.shape(keys))
         elif which == 1:
-            embtab.murmur3_128(keys, seed)
+            embtab.murmur3_128(keys, seed, x64arch=fdp.ConsumeBool())
         elif which == 2:
             b = embtab.hash_buckets(keys, fdp.ConsumeIntInRange(-1, 1000), seed=seed)
             assert np.all(np.asarray(b) >= 0)
         elif which == 3:
-            embtab.feature_hash(keys, n_features=fdp.ConsumeIntInRange(-1, 2**21))
+            embtab.feature_hash(keys, n_features=fdp.ConsumeIntInRange(-1, 2**21), seed=seed)
         else:
             embtab.fasttext_hash(keys)
     except ALLOWED:

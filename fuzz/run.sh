@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 seconds=${1:-20}
 mkdir -p artifacts
 status=0
-for target in fuzz_lookup fuzz_sparse fuzz_hashing fuzz_subwords; do
+for target in fuzz_lookup fuzz_sparse fuzz_hashing fuzz_subwords fuzz_checkpoint; do
   log="artifacts/$target.log"
   python "$target.py" -max_total_time="$seconds" -rss_limit_mb=4096 -artifact_prefix=artifacts/ \
     -print_final_stats=1 >"$log" 2>&1

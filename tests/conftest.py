@@ -47,9 +47,20 @@ def each_path_and_threads(simd_path: str, num_threads: int) -> tuple:
     return simd_path, num_threads
 
 
-@pytest.fixture
-def prefetch_policy():
-    """Restores the prefetch policy of pooled lookups after a test that changes it."""
-    previous = embtab._core.get_prefetch_policy()
-    yield
-    embtab._core.set_prefetch_policy(previous)
+# Ray (embtab.distributed): one local instance for the whole session, started by the first test that
+# asks for it and stopped at the end. A test that needs another cluster (tests/test_distributed_cluster.py)
+# shuts it down; the next test asking for it starts it again.
+@pytest.fixture(scope="session")
+def _ray_session() -> Iterator[object]:
+    ray = pytest.importorskip("ray")
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_session: object) -> object:
+    ray = _ray_session
+    if not ray.is_initialized():  # type: ignore[attr-defined]
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)  # type: ignore[attr-defined]
+    return ray

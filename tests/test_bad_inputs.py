@@ -273,7 +273,7 @@ HASH_ERRORS = [
     ("feature_hash_mixed", lambda: embtab.feature_hash(["a", 3]), TypeError),
     ("fasttext_int", lambda: embtab.fasttext_hash([1, 2]), TypeError),
     ("subwords_minn_gt_maxn", lambda: embtab.subword_ngrams(["abc"], minn=5, maxn=3), ValueError),
-    ("subwords_bucket_zero", lambda: embtab.subword_ngrams(["abc"], bucket=0), ValueError),
+    ("subwords_bucket_negative", lambda: embtab.subword_ngrams(["abc"], bucket=-1), ValueError),
     ("subwords_offset_absurd", lambda: embtab.subword_ngrams(["abc"], offset=2**63), (ValueError, OverflowError)),
     ("subwords_not_str", lambda: embtab.subword_ngrams(["abc", 5]), TypeError),
 ]

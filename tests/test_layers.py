@@ -207,6 +207,7 @@ def test_training_reduces_loss():
     losses = []
     for _ in range(200):
         ids = rng.integers(0, 200, (32, 5))
+        opt.zero_grad()
         out = layer.forward(ids)
         diff = out - target[ids].mean(axis=1)
         losses.append(float((diff**2).mean()))
@@ -224,6 +225,7 @@ def test_checkpoint_layers_and_optimizer_round_trip(tmp_path, opt_cls):
     opt = opt_cls(layer, lr=0.1)
     for _ in range(3):
         ids = rng.integers(0, 50, (4, 3))
+        opt.zero_grad()
         layer.forward(ids)
         layer.backward(rng.standard_normal((4, 4)).astype(np.float32))
         opt.step()
@@ -241,6 +243,7 @@ def test_checkpoint_layers_and_optimizer_round_trip(tmp_path, opt_cls):
     ids = rng.integers(0, 50, (4, 3))
     g = rng.standard_normal((4, 4)).astype(np.float32)
     for lay, o in ((layer, opt), (l2, o2)):
+        o.zero_grad()
         lay.forward(ids)
         lay.backward(g)
         o.step()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -275,67 +271,6 @@ def test_bounds_zero_with_valid_ids_counts_nothing():
     np.testing.assert_array_equal(result, table[[0, 3]])
     with pytest.raises(ValueError, match="bounds"):
         embtab.gather(table, np.array([0]), bounds="clip")
-
-
-@pytest.mark.parametrize("dim", [16, 37, 128, 256])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_bags_same_bits_with_either_prefetch(each_path_and_threads, prefetch_policy, dim, dtype):
-    # Whole rows or lead lines ahead (what the tuner chooses between) change nothing but speed.
-    rng = np.random.default_rng(dim)
-    table = rng.standard_normal((3000, dim)).astype(dtype)
-    ids = rng.integers(-2, 3002, 4000)
-    offsets = np.concatenate([[0, 0], np.sort(rng.integers(0, 4000, 300)), [4000]])
-    weights = rng.random(ids.shape).astype(dtype)
-    valid = (ids >= 0) & (ids < 3000)
-    calls = [dict(mode=m) for m in ("sum", "mean", "max")] + [dict(mode="sum", weights=weights)]
-    results = {}
-    for policy in ("row", "line", "auto"):
-        embtab._core.set_prefetch_policy(policy)
-        assert embtab._core.get_prefetch_policy() == policy
-        results[policy] = [embtab.gather_bags(table, ids, offsets, bounds="zero", **kw)[0] for kw in calls]
-    for got in results.values():
-        for a, b in zip(got, results["row"]):
-            np.testing.assert_array_equal(a, b)
-    padded = np.vstack([table, np.zeros((1, dim), dtype)])
-    mapped = np.where(valid, ids, 3000)
-    np.testing.assert_allclose(results["line"][0], numpy_bags(padded, mapped, offsets, "sum"), rtol=1e-5, atol=1e-5)
-
-
-def test_prefetch_tuner_times_both_and_only_large_multithreaded_bags(prefetch_policy):
-    embtab._core.set_prefetch_policy("auto")
-    rng = np.random.default_rng(11)
-    table = rng.standard_normal((20_000, 64)).astype(np.float32)  # rows of 256 bytes
-    ids = rng.integers(0, 20_000, (1000, 20))  # 20,000 rows read: 5 MB, above the 4 MB threshold
-    before = embtab.get_num_threads()
-    try:
-        embtab.set_num_threads(2)
-        start = embtab._core.bags_prefetch_counts(256, 2)
-        for _ in range(6):
-            embtab.gather_bags(table, ids)
-        row, line = (a - b for a, b in zip(embtab._core.bags_prefetch_counts(256, 2), start))
-        assert row + line == 6 and (start != (0, 0) or (row >= 2 and line >= 2))
-        embtab.gather_bags(table, ids[:100])  # 0.5 MB of rows: not timed
-        assert sum(embtab._core.bags_prefetch_counts(256, 2)) == sum(start) + 6
-        # Max bags take longer per row: they are timed apart from sums.
-        before_max = sum(embtab._core.bags_prefetch_counts(256, 2, 2))
-        embtab.gather_bags(table, ids, mode="max")
-        assert sum(embtab._core.bags_prefetch_counts(256, 2, 2)) == before_max + 1
-        assert sum(embtab._core.bags_prefetch_counts(256, 2)) == sum(start) + 6
-        embtab.set_num_threads(1)
-        embtab.gather_bags(table, ids)  # one thread: not timed either
-        assert embtab._core.bags_prefetch_counts(256, 1) == (0, 0)
-    finally:
-        embtab.set_num_threads(before)
-    with pytest.raises(ValueError, match="prefetch policy"):
-        embtab._core.set_prefetch_policy("sometimes")
-
-
-def test_prefetch_policy_from_the_environment():
-    code = "import embtab; print(embtab._core.get_prefetch_policy())"
-    for value, policy in (("line", "line"), ("row", "row"), ("auto", "auto")):
-        env = dict(os.environ, EMBTAB_PREFETCH=value)
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.strip() == policy
 
 
 def test_large_outputs_reuse_pooled_memory_correctly():

@@ -255,48 +255,6 @@ def test_large_parallel_is_identical_for_every_thread_count(each_path_and_thread
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("dim", [7, 128, 256])
-def test_bags_same_bits_with_either_prefetch(each_path_and_threads, prefetch_policy, fmt, dim):
-    # Whole rows or their first lines ahead (what the tuner chooses between) change only speed.
-    rng = np.random.default_rng(400 + dim)
-    table, kw, ref = make_table(fmt, rng.standard_normal((500, dim)).astype(np.float32))
-    ids, offsets = random_csr(rng, 700, 12, 500, np.int64)
-    weights = rng.random(ids.shape, dtype=np.float32)
-    calls = [("sum", None), ("mean", None), ("max", None), ("sum", weights)]
-    argmax = {}
-    for policy in ("row", "line", "auto"):
-        embtab._core.set_prefetch_policy(policy)
-        for mode, w in calls:
-            got = embtab.gather_bags(table, ids, offsets, mode=mode, weights=w, **kw)
-            np.testing.assert_array_equal(got, bags_reference(ref, ids, offsets, mode, w))
-        got, argmax[policy] = embtab.gather_bags(table, ids, offsets, mode="max", return_argmax=True, **kw)
-        np.testing.assert_array_equal(got, bags_reference(ref, ids, offsets, "max"))
-    np.testing.assert_array_equal(argmax["line"], argmax["row"])
-    np.testing.assert_array_equal(argmax["auto"], argmax["row"])
-
-
-def test_prefetch_tuner_times_reduced_precision_bags_apart(prefetch_policy):
-    embtab._core.set_prefetch_policy("auto")
-    rng = np.random.default_rng(12)
-    base = rng.standard_normal((20_000, 128)).astype(np.float32)
-    ids = rng.integers(0, 20_000, (1700, 20))  # 34,000 rows of 128 codes (8-bit): 4.35 MB, above 4 MiB
-    before = embtab.get_num_threads()
-    try:
-        embtab.set_num_threads(2)
-        # kind 8: 8-bit sums; kind 4: float16 sums (rows of 256 bytes, as float32 rows of dim 64).
-        start = {k: sum(embtab._core.bags_prefetch_counts(b, 2, k)) for b, k in ((128, 8), (256, 4), (256, 0))}
-        for _ in range(3):
-            embtab.gather_bags(embtab.quantize_rows(base), ids)
-        embtab.gather_bags(base.astype(np.float16), ids)
-        got = {k: sum(embtab._core.bags_prefetch_counts(b, 2, k)) - start[k] for b, k in ((128, 8), (256, 4), (256, 0))}
-        assert got == {8: 3, 4: 1, 0: 0}
-        embtab.gather_bags(embtab.quantize_rows(base), ids[:100])  # 0.3 MB of rows: not timed
-        assert sum(embtab._core.bags_prefetch_counts(128, 2, 8)) - start[8] == 3
-    finally:
-        embtab.set_num_threads(before)
-
-
-@pytest.mark.parametrize("fmt", FORMATS)
 def test_max_argmax_and_empty_bags(each_path_and_threads, fmt):
     rng = np.random.default_rng(11)
     # Few distinct values, so that ties are common (the first winner must be reported).
@@ -579,13 +537,13 @@ def test_quantized_table_from_parts_and_packed():
     # The compiled layer takes an 8-bit table as the pair (codes, params) and checks both.
     ids = np.array([0, 2])
     with pytest.raises(TypeError, match="pair"):
-        embtab._core.lowp_gather(q.data, ids, None, "int8")
+        embtab._core.gather(q.data, ids, dtype="int8")
     with pytest.raises(TypeError, match="float32"):
-        embtab._core.lowp_gather((q.data, q.params.astype(np.float64)), ids, None, "int8")
+        embtab._core.gather((q.data, q.params.astype(np.float64)), ids, dtype="int8")
     with pytest.raises(TypeError, match="uint8"):
-        embtab._core.lowp_gather((q.data.view(np.int8), q.params), ids, None, "int8")
+        embtab._core.gather((q.data.view(np.int8), q.params), ids, dtype="int8")
     with pytest.raises(ValueError, match="shape"):
-        embtab._core.lowp_gather((q.data, q.params[:5]), ids, None, "int8")
+        embtab._core.gather((q.data, q.params[:5]), ids, dtype="int8")
     with pytest.raises(ValueError, match="codes"):
         embtab._core.quantize_rows_8bit(np.zeros((12, 5), np.float32), np.empty((12, 4), np.uint8), q.params.copy())
     with pytest.raises(TypeError):

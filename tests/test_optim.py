@@ -399,7 +399,9 @@ def test_rejects_bad_tables_and_hyperparameters(cls: Any) -> None:
         with pytest.raises(ValueError, match="eps"):
             cls(good, 0.1, eps=-1e-8)
     opt = cls(good, 0.1)
-    opt.lr = -1.0
+    with pytest.raises(ValueError, match="lr"):
+        opt.lr = -1.0  # checked when set
+    opt.lr = lambda step: -1.0  # a schedule's value is checked at each step
     with pytest.raises(ValueError, match="lr"):
         opt.step(np.array([1]), np.ones((1, 4), np.float32))
 

@@ -165,6 +165,48 @@ def test_step_bags_multi_bad_id_changes_nothing():
 # ---------------------------------------------------------------------------------------------
 # embtab.torch.EmbeddingBagCollection
 
+def test_gather_bags_multi_out_untouched_on_error_and_may_overlap():
+    """out= is written only when every id is good (issue 17: no partial writes), and may overlap
+    a table (the result is as if the tables were read first)."""
+    rng = np.random.default_rng(11)
+    tables = make_tables(rng)
+    ids, offsets = make_batch(rng, tables, [0, 1, 2], 6)
+    out = np.full((6, 29), 7.0, np.float32)
+    bad = ids.copy()
+    bad[-1] = 7  # table 2 has 7 rows
+    with pytest.raises(IndexError, match="table 2"):
+        embtab.gather_bags_multi(tables, bad, offsets, out=out)
+    assert (out == 7.0).all()
+    expected = embtab.gather_bags_multi([t.copy() for t in tables], ids, offsets)
+    out_view = tables[1].reshape(-1)[: 6 * 29].reshape(6, 29)  # the memory table 1 is read from
+    got = embtab.gather_bags_multi(tables, ids, offsets, feature_tables=[0, 1, 2], out=out_view)
+    assert got is out_view
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_step_bags_multi_counts_every_step_across_threads():
+    """Concurrent multi-table steps on the same optimizers: every step is counted once (issue 17:
+    the count and the update are one atomic step), and the tables end as the sequential run's."""
+    import threading
+
+    rng = np.random.default_rng(12)
+    tables = make_tables(rng)
+    opts = [optim.Adagrad(t, 0.1) for t in tables]
+    ids, offsets = make_batch(rng, tables, [0, 1, 2], 32)
+    grad_out = rng.standard_normal((32, 29)).astype(np.float32)
+
+    def work():
+        for _ in range(25):
+            optim.step_bags_multi(opts, grad_out, ids, offsets)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [int(o.state["step"]) for o in opts] == [100, 100, 100]
+
+
 torch = pytest.importorskip("torch")
 import embtab.torch as et  # noqa: E402
 

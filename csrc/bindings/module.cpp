@@ -13,4 +13,6 @@ PYBIND11_MODULE(_core, m) {
   embtab::bind::register_hashing(m);
   embtab::bind::register_lowp(m);
   embtab::bind::register_multi(m);
+  embtab::bind::register_validate(m);
+  embtab::bind::register_dynamic(m);
 }

@@ -12,6 +12,8 @@ void register_sparse(pybind11::module_& m);
 void register_hashing(pybind11::module_& m);
 void register_lowp(pybind11::module_& m);
 void register_multi(pybind11::module_& m);
+void register_validate(pybind11::module_& m);
+void register_dynamic(pybind11::module_& m);
 
 }  // namespace bind
 }  // namespace embtab

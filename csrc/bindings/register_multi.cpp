@@ -3,8 +3,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstring>
 #include <vector>
 
+#include "bindings/gil.hpp"
 #include "bindings/register.hpp"
 #include "bindings/validate.hpp"
 #include "kernels/multi.hpp"
@@ -18,7 +20,10 @@ py::array gather_bags_multi(const py::handle& tables_obj, const py::handle& ids_
                             const py::object& weights_obj, const py::object& out_obj) {
   const MultiBatch m = check_multi_batch(tables_obj, ids_obj, offsets_obj, feature_tables_obj, modes_obj, weights_obj,
                                          false);
-  py::array out = prepare_output(out_obj, m.tables[0].dtype(), {m.batch, m.width});
+  py::array result = prepare_output(out_obj, m.tables[0].dtype(), {m.batch, m.width});
+  // A caller's out= is written only once every id has proved good, and may overlap the inputs:
+  // the kernel writes a fresh array, copied into out at the end (as lookups with out= do).
+  py::array out = out_obj.is_none() ? result : aligned_empty(m.tables[0].dtype(), {m.batch, m.width});
   const std::int64_t bad = visit_float(m.kind, [&](auto ttag) {
     using T = decltype(ttag);
     return visit_index(m.ids.kind, [&](auto itag) {
@@ -39,12 +44,13 @@ py::array gather_bags_multi(const py::handle& tables_obj, const py::handle& ids_
       bags.out_stride = m.width;
       bags.out_col = m.feature_col.data();
       const I* ids = cdata<I>(m.ids.array);
-      py::gil_scoped_release release;  // only raw pointers from here on
+      GilRelease release;  // only raw pointers from here on
       return multi_kernels().get<T, I>().bags(bags, ids);
     });
   });
   if (bad >= 0) throw_bad_multi_id(m, bad);
-  return out;
+  if (!out.is(result)) std::memcpy(result.mutable_data(), out.data(), static_cast<std::size_t>(out.nbytes()));
+  return result;
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "bindings/gil.hpp"
 #include "bindings/register.hpp"
 #include "bindings/validate.hpp"
 #include "kernels/buffer_pool.hpp"
@@ -58,6 +59,8 @@ struct PlanStorage {
   SparsePlan plan;
 };
 
+// Sorts and validates ids against num_rows (< 0: no upper bound) with the GIL released. The plan
+// reads each id once, so what it checked is what it sorted, and reports the bad value it read.
 PlanBuffers plan_buffers(std::int64_t num_ids, PlanStorage& st) {
   const std::size_t n = static_cast<std::size_t>(num_ids);
   st.work.reset(static_cast<std::size_t>(kPlanWorkBytesPerId) * n + 8);
@@ -67,24 +70,15 @@ PlanBuffers plan_buffers(std::int64_t num_ids, PlanStorage& st) {
   return PlanBuffers{st.work.get(), st.order.get(), st.seg.get(), st.rows.get()};
 }
 
-// Sorts and validates ids against num_rows (< 0: no upper bound) with the GIL released.
 void build_plan(const Ids& ids, std::int64_t num_rows, PlanStorage& st) {
   const PlanBuffers buffers = plan_buffers(ids.n, st);
-  const std::int64_t bad = visit_index(ids.kind, [&](auto itag) {
+  const BadId bad = visit_index(ids.kind, [&](auto itag) {
     using I = decltype(itag);
     const I* ids_ptr = cdata<I>(ids.array);
-    py::gil_scoped_release release;
+    GilRelease release;
     return sparse_kernels().index<I>().plan(ids_ptr, ids.n, num_rows, buffers, st.plan);
   });
-  if (bad < 0) return;
-  if (num_rows >= 0) throw_bad_id(ids.array, bad, num_rows);
-  std::int64_t value = 0;
-  visit_index(ids.kind, [&](auto itag) {
-    using I = decltype(itag);
-    value = static_cast<std::int64_t>(cdata<I>(ids.array)[bad]);
-  });
-  throw py::index_error(position_str("ids", shape_of(ids.array), bad) + " = " + std::to_string(value) +
-                        " is negative (ids are row numbers, >= 0)");
+  if (bad.pos >= 0) throw_id_error(ids.array, bad.pos, bad.value, num_rows);
 }
 
 py::array rows_array(const SparsePlan& plan) {
@@ -104,25 +98,28 @@ void scatter_add(const py::handle& target_obj, const py::handle& ids_obj, const 
     throw py::type_error("target must have the dtype of values (" + dtype_str(values_in) + "), got " +
                          dtype_str(target) + "; it is updated in place and never cast");
   require_ndim(target, 2, "target");
-  const Ids ids = check_ids(ids_obj);
+  Ids ids = check_ids(ids_obj);
   const std::int64_t num_rows = target.shape(0), dim = target.shape(1);
   check_values_shape(values_in, ids, "values", dim);
   require_in_place(target, values_in.dtype(), "target", "the dtype of values");
-  const py::array values = c_contiguous(values_in);
+  // The kernel reads values and ids while it writes target: inputs that share its memory
+  // (scatter_add(t, ids, t[:4])) are copied first, as np.add.at does.
+  const py::array values = unshared(c_contiguous(values_in), {&target});
+  ids.array = unshared(ids.array, {&target});
 
-  const std::int64_t bad = visit_float(kind, [&](auto ttag) {
+  const BadId bad = visit_float(kind, [&](auto ttag) {
     using T = decltype(ttag);
     return visit_index(ids.kind, [&](auto itag) {
       using I = decltype(itag);
       T* target_ptr = wdata<T>(target);
       const I* ids_ptr = cdata<I>(ids.array);
       const T* values_ptr = cdata<T>(values);
-      py::gil_scoped_release release;  // only raw pointers from here on
+      GilRelease release;  // only raw pointers from here on
       const WriteRegion exclusive(target_ptr, static_cast<std::size_t>(num_rows * dim) * sizeof(T));
       return sparse_kernels().scatter<T, I>().scatter_add(target_ptr, num_rows, dim, ids_ptr, ids.n, values_ptr);
     });
   });
-  if (bad >= 0) throw_bad_id(ids.array, bad, num_rows);
+  if (bad.pos >= 0) throw_id_error(ids.array, bad.pos, bad.value, num_rows);
 }
 
 py::tuple coalesce(const py::handle& ids_obj, const py::handle& values_obj) {
@@ -144,7 +141,7 @@ py::tuple coalesce(const py::handle& ids_obj, const py::handle& values_obj) {
     source.values = cdata<T>(values);
     Update<T> update;
     update.out = wdata<T>(sums);
-    py::gil_scoped_release release;
+    GilRelease release;
     sparse_kernels().get<T>().reduce(st.plan, source, update);
   });
   return py::make_tuple(rows, sums);
@@ -223,7 +220,7 @@ PooledArray<std::int64_t> make_bag_of(const std::vector<std::int64_t>& offset_ve
   std::int64_t* out = bag_of.get();
   const std::int64_t* offsets = offset_vector.data();
   const std::int64_t num_bags = static_cast<std::int64_t>(offset_vector.size()) - 1;
-  py::gil_scoped_release release;
+  GilRelease release;
   sparse_kernels().bag_of(offsets, num_bags, out);
   return bag_of;
 }
@@ -243,7 +240,7 @@ py::tuple bags_grad(const py::handle& grad_out_obj, const py::handle& ids_obj, c
     const GradSource<T> source = bag_source<T>(bags, bag_of.get());
     Update<T> update;
     update.out = wdata<T>(grads);
-    py::gil_scoped_release release;
+    GilRelease release;
     sparse_kernels().get<T>().reduce(st.plan, source, update);
   });
   return py::make_tuple(rows, grads);
@@ -271,10 +268,29 @@ struct OptimTable {
   std::int64_t num_rows, dim;
   UpdateKind update;
   py::array state1, state2;
+  py::array step;  // 0-d int64, or empty when the optimizer keeps no count
+  std::int64_t* step_count;
+
+  // What the update writes (the unused ones are empty arrays): kept apart, held together.
+  std::vector<const py::array*> written() const { return {&table, &state1, &state2, &step}; }
 };
 
+// The step count of an optimizer that keeps one: a writeable 0-d int64 array, advanced by one with
+// the update it counts (as torch keeps `step` as a tensor in the state).
+py::array check_step_count(const py::object& obj) {
+  py::array a = require_array(obj, "state['step']");
+  if (!a.dtype().equal(py::dtype::of<std::int64_t>()))
+    throw py::type_error("state['step'] must be a 0-d int64 array (the optimizer's step count), got dtype " +
+                         dtype_str(a));
+  if (a.ndim() != 0) throw py::value_error("state['step'] must be a 0-d array, got shape " + shape_str(a));
+  if (!a.writeable()) throw py::value_error("state['step'] is read-only (the step advances it in place)");
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error("state['step'] must be an aligned int64 array");
+  return a;
+}
+
 OptimTable check_optim(const std::string& kind_name, const py::handle& table_obj, const py::object& state1_obj,
-                       const py::object& state2_obj) {
+                       const py::object& state2_obj, const py::object& step_obj) {
   const UpdateKind update = parse_update(kind_name);
   py::array table = require_array(table_obj, "table");
   const FloatKind kind = require_float(table, "table");
@@ -287,14 +303,30 @@ OptimTable check_optim(const std::string& kind_name, const py::handle& table_obj
     return a;
   };
   const Shape full{static_cast<py::ssize_t>(num_rows), static_cast<py::ssize_t>(dim)};
-  OptimTable t{table, kind, num_rows, dim, update, py::array(), py::array()};
-  if (update == UpdateKind::adagrad) t.state1 = state(state1_obj, "state['sum']", full);
-  if (update == UpdateKind::rowwise_adagrad)
-    t.state1 = state(state1_obj, "state['sum']", Shape{static_cast<py::ssize_t>(num_rows)});
+  OptimTable t{table, kind, num_rows, dim, update, py::array(), py::array(), py::array(), nullptr};
+  const char* name1 = "state['sum']";
+  const char* name2 = "state['exp_avg_sq']";
+  if (update == UpdateKind::adagrad) t.state1 = state(state1_obj, name1, full);
+  if (update == UpdateKind::rowwise_adagrad) t.state1 = state(state1_obj, name1, Shape{static_cast<py::ssize_t>(num_rows)});
   if (update == UpdateKind::adam || update == UpdateKind::adamw) {
-    t.state1 = state(state1_obj, "state['exp_avg']", full);
-    t.state2 = state(state2_obj, "state['exp_avg_sq']", full);
+    name1 = "state['exp_avg']";
+    t.state1 = state(state1_obj, name1, full);
+    t.state2 = state(state2_obj, name2, full);
   }
+  if (!step_obj.is_none()) {
+    t.step = check_step_count(step_obj);
+    t.step_count = wdata<std::int64_t>(t.step);
+  }
+  // Every written array is C-contiguous, so overlapping byte ranges are exactly shared memory. Two
+  // of them in one place would each see the other's writes mid-update: refused, nothing copied.
+  const std::pair<const py::array*, const char*> written[] = {
+      {&t.table, "the table"}, {&t.state1, name1}, {&t.state2, name2}, {&t.step, "state['step']"}};
+  for (std::size_t i = 0; i < 4; ++i)
+    for (std::size_t j = i + 1; j < 4; ++j)
+      if (may_share_memory(*written[i].first, *written[j].first))
+        throw py::value_error(std::string(written[i].second) + " and " + written[j].second +
+                              " share memory; an optimizer's table and state must be separate arrays (the step "
+                              "writes both)");
   return t;
 }
 
@@ -315,32 +347,39 @@ Update<T> make_update(OptimTable& t, const Hyper& h) {
   return u;
 }
 
-// The update itself, GIL released.
+// The update itself, GIL released. The step count advances in the same call, inside the write
+// region, so no Python code (a signal handler raising KeyboardInterrupt, another thread's step) can
+// run between the update and its count.
 template <class T>
 void apply_update(OptimTable& t, const SparsePlan& plan, const GradSource<T>& source, const Hyper& h) {
   const Update<T> update = make_update<T>(t, h);
   const SparseFns<T>& fns = sparse_kernels().get<T>();
-  void* table_ptr = t.table.mutable_data();
-  const std::size_t table_bytes = static_cast<std::size_t>(t.table.nbytes());
-  py::gil_scoped_release release;
-  // One update of a table at a time (its optimizer state goes with it).
-  const WriteRegion exclusive(table_ptr, table_bytes);
+  MemoryRange ranges[WriteRegion::kMaxRanges] = {};
+  int count = 0;
+  for (const py::array* a : t.written())
+    if (a->size() > 0) ranges[count++] = MemoryRange{a->data(), static_cast<std::size_t>(a->nbytes())};
+  std::int64_t* step_count = t.step_count;
+  GilRelease release;
+  // One update of a table and its state at a time.
+  const WriteRegion exclusive(ranges, count);
   fns.reduce(plan, source, update);
+  if (step_count) ++*step_count;
 }
 
 void optim_step(const std::string& kind_name, const py::handle& table_obj, const py::object& state1_obj,
                 const py::object& state2_obj, const py::handle& ids_obj, const py::handle& grads_obj, double lr,
-                double eps, double beta1, double beta2, double weight_decay, double bias_correction2) {
-  OptimTable t = check_optim(kind_name, table_obj, state1_obj, state2_obj);
+                double eps, double beta1, double beta2, double weight_decay, double bias_correction2, const py::object& step_obj) {
+  OptimTable t = check_optim(kind_name, table_obj, state1_obj, state2_obj, step_obj);
   const py::array grads_in = require_array(grads_obj, "grads");
   require_float(grads_in, "grads");
   if (!grads_in.dtype().equal(t.table.dtype()))
     throw py::type_error("grads must have the table's dtype " + dtype_str(t.table) + ", got " + dtype_str(grads_in));
   const Ids ids = check_ids(ids_obj);
   check_values_shape(grads_in, ids, "grads", t.dim);
-  const py::array grads = c_contiguous(grads_in);
+  // Read while the table and state are written: a view of them (grads=table[:4]) is copied first.
+  const py::array grads = unshared(c_contiguous(grads_in), t.written());
   PlanStorage st;
-  build_plan(ids, t.num_rows, st);  // every id is checked before the table is touched
+  build_plan(ids, t.num_rows, st);  // every id is checked (and read, once) before the table is touched
   const Hyper h{lr, eps, beta1, beta2, weight_decay, bias_correction2};
   visit_float(t.kind, [&](auto ttag) {
     using T = decltype(ttag);
@@ -356,15 +395,19 @@ void optim_step_bags(const std::string& kind_name, const py::handle& table_obj, 
                      const py::object& state2_obj, const py::handle& grad_out_obj, const py::handle& ids_obj,
                      const py::object& offsets_obj, const std::string& mode_name, const py::object& weights_obj,
                      const py::object& argmax_obj, double lr, double eps, double beta1, double beta2,
-                     double weight_decay, double bias_correction2) {
-  OptimTable t = check_optim(kind_name, table_obj, state1_obj, state2_obj);
-  const Bags bags = check_bags(grad_out_obj, ids_obj, offsets_obj, mode_name, weights_obj, argmax_obj);
+                     double weight_decay, double bias_correction2, const py::object& step_obj) {
+  OptimTable t = check_optim(kind_name, table_obj, state1_obj, state2_obj, step_obj);
+  Bags bags = check_bags(grad_out_obj, ids_obj, offsets_obj, mode_name, weights_obj, argmax_obj);
   if (!bags.grad_out.dtype().equal(t.table.dtype()))
     throw py::type_error("grad_out must have the table's dtype " + dtype_str(t.table) + ", got " +
                          dtype_str(bags.grad_out));
   if (bags.dim != t.dim)
     throw py::value_error("grad_out must have the table's row length: shape (" + std::to_string(bags.num_bags) + ", " +
                           std::to_string(t.dim) + "), got " + shape_str(bags.grad_out));
+  // Read while the table and state are written: views of them are copied first.
+  bags.grad_out = unshared(bags.grad_out, t.written());
+  if (bags.has_weights) bags.weights = unshared(bags.weights, t.written());
+  if (bags.mode == PoolMode::max) bags.argmax = unshared(bags.argmax, t.written());
   PlanStorage st;
   build_plan(bags.ids, t.num_rows, st);
   const PooledArray<std::int64_t> bag_of = make_bag_of(bags.offsets, bags.ids.n);
@@ -388,12 +431,14 @@ Hyper hyper_of(const py::handle& params, std::size_t t) {
 }
 
 // One update of every table of a multi-table batch (embtab.optim.step_bags_multi): ids are checked
-// against their tables, then sorted once as global rows (kernels/sparse.hpp), then one parallel
-// region updates every touched row of every table.
+// against their tables (each read once, into a private array of global rows), then sorted once,
+// then one parallel region updates every touched row of every table; each table's step count (if
+// it keeps one) advances with its update, as optim_step_bags's does.
 void optim_step_bags_multi(const std::string& kind_name, const py::handle& tables_obj, const py::handle& states1_obj,
-                           const py::handle& states2_obj, const py::handle& grad_out_obj, const py::handle& ids_obj,
-                           const py::handle& offsets_obj, const py::object& feature_tables_obj,
-                           const py::object& modes_obj, const py::object& weights_obj, const py::handle& params_obj) {
+                           const py::handle& states2_obj, const py::handle& steps_obj, const py::handle& grad_out_obj,
+                           const py::handle& ids_obj, const py::handle& offsets_obj,
+                           const py::object& feature_tables_obj, const py::object& modes_obj,
+                           const py::object& weights_obj, const py::handle& params_obj) {
   const MultiBatch m = check_multi_batch(tables_obj, ids_obj, offsets_obj, feature_tables_obj, modes_obj, weights_obj,
                                          true);
   const std::size_t num_tables = m.tables.size();
@@ -404,11 +449,11 @@ void optim_step_bags_multi(const std::string& kind_name, const py::handle& table
     return py::reinterpret_borrow<py::sequence>(obj);
   };
   const py::sequence states1 = per_table(states1_obj, "states1"), states2 = per_table(states2_obj, "states2");
-  const py::sequence params = per_table(params_obj, "params");
+  const py::sequence steps = per_table(steps_obj, "steps"), params = per_table(params_obj, "params");
   std::vector<OptimTable> opt;
   std::vector<Hyper> hyper;
   for (std::size_t t = 0; t < num_tables; ++t) {
-    opt.push_back(check_optim(kind_name, m.tables[t], states1[t], states2[t]));
+    opt.push_back(check_optim(kind_name, m.tables[t], states1[t], states2[t], steps[t]));
     hyper.push_back(hyper_of(params[t], t));
   }
   const py::array grad_out_in = require_array(grad_out_obj, "grad_out");
@@ -420,16 +465,21 @@ void optim_step_bags_multi(const std::string& kind_name, const py::handle& table
   if (std::vector<py::ssize_t>(grad_out_in.shape(), grad_out_in.shape() + grad_out_in.ndim()) != want)
     throw py::value_error("grad_out must have the shape of the lookup's output (batch, sum of the features' dims) = " +
                           shape_str(want) + ", got " + shape_str(grad_out_in));
-  const py::array grad_out = c_contiguous(grad_out_in);
+  // Read while the tables and states are written: views of them are copied first.
+  std::vector<const py::array*> written;
+  for (const OptimTable& t : opt)
+    for (const py::array* a : t.written()) written.push_back(a);
+  const py::array grad_out = unshared(c_contiguous(grad_out_in), written);
+  const py::array weights = m.has_weights ? unshared(m.weights, written) : py::array();
 
-  // Global ids (every id checked against its table first), then one plan over all of them.
+  // Global ids (every id read once and checked against its table), then one plan over all of them.
   const std::int64_t n = m.ids.n;
   PooledArray<std::int64_t> global(static_cast<std::size_t>(n) + 1);
   const std::int64_t bad = visit_index(m.ids.kind, [&](auto itag) {
     using I = decltype(itag);
     const I* ids = cdata<I>(m.ids.array);
     std::int64_t* out = global.get();
-    py::gil_scoped_release release;
+    GilRelease release;
     return sparse_kernels().index<I>().global_ids(ids, m.offsets.data(), m.num_features, m.batch,
                                                    m.feature_table.data(), m.num_rows.data(), m.row_base.data(), out);
   });
@@ -439,12 +489,26 @@ void optim_step_bags_multi(const std::string& kind_name, const py::handle& table
   {
     const std::int64_t* ids = global.get();
     const std::int64_t total_rows = m.row_base.back();
-    py::gil_scoped_release release;
+    GilRelease release;
     sparse_kernels().index<std::int64_t>().plan(ids, n, total_rows, buffers, st.plan);
   }
   const PooledArray<std::int64_t> bag_of = make_bag_of(m.offsets, n);
   std::vector<unsigned char> feature_mean;
   for (PoolMode mode : m.modes) feature_mean.push_back(mode == PoolMode::mean ? 1 : 0);
+
+  // Each table's written arrays (table, state, step count) as one region; regions are taken in
+  // the order of their tables' addresses, so that two multi-table steps cannot deadlock.
+  std::vector<std::size_t> order(num_tables);
+  for (std::size_t t = 0; t < num_tables; ++t) order[t] = t;
+  std::sort(order.begin(), order.end(),
+            [&](std::size_t a, std::size_t b) { return opt[a].table.data() < opt[b].table.data(); });
+  std::vector<std::vector<MemoryRange>> ranges(num_tables);
+  std::vector<std::int64_t*> step_counts;
+  for (std::size_t t : order) {
+    for (const py::array* a : opt[t].written())
+      if (a->size() > 0) ranges[t].push_back(MemoryRange{a->data(), static_cast<std::size_t>(a->nbytes())});
+    if (opt[t].step_count) step_counts.push_back(opt[t].step_count);
+  }
 
   visit_float(m.kind, [&](auto ttag) {
     using T = decltype(ttag);
@@ -458,17 +522,15 @@ void optim_step_bags_multi(const std::string& kind_name, const py::handle& table
     source.feature_mean = feature_mean.data();
     source.bag_of = bag_of.get();
     source.offsets = m.offsets.data();
-    source.weights = m.has_weights ? cdata<T>(m.weights) : nullptr;
-    // Write regions over every table, taken in address order so that two calls cannot deadlock.
-    std::vector<std::pair<void*, std::size_t>> regions;
-    for (OptimTable& t : opt) regions.emplace_back(t.table.mutable_data(), static_cast<std::size_t>(t.table.nbytes()));
-    std::sort(regions.begin(), regions.end());
+    source.weights = m.has_weights ? cdata<T>(weights) : nullptr;
     const SparseFns<T>& fns = sparse_kernels().get<T>();
-    py::gil_scoped_release release;
+    GilRelease release;
     std::vector<std::unique_ptr<WriteRegion>> held;
-    for (const auto& r : regions) held.emplace_back(new WriteRegion(r.first, r.second));
+    for (std::size_t t : order)
+      held.emplace_back(new WriteRegion(ranges[t].data(), static_cast<int>(ranges[t].size())));
     fns.reduce_multi(st.plan, source, updates.data(), m.dims.data(), m.row_base.data(),
                      static_cast<std::int64_t>(num_tables));
+    for (std::int64_t* count : step_counts) ++*count;
   });
 }
 
@@ -485,14 +547,16 @@ void register_sparse(py::module_& m) {
   m.def("optim_step", &optim_step, py::arg("kind"), py::arg("table"), py::arg("state1"), py::arg("state2"),
         py::arg("ids"), py::arg("grads"), py::arg("lr"), py::arg("eps") = 0.0, py::arg("beta1") = 0.0,
         py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0, py::arg("bias_correction2") = 1.0,
-        "One sparse optimizer step; see embtab.optim.");
+        py::arg("step") = py::none(),
+        "One sparse optimizer step (advancing the 0-d int64 `step` count, if given); see embtab.optim.");
   m.def("optim_step_bags", &optim_step_bags, py::arg("kind"), py::arg("table"), py::arg("state1"), py::arg("state2"),
         py::arg("grad_out"), py::arg("ids"), py::arg("offsets") = py::none(), py::arg("mode") = "sum",
         py::arg("weights") = py::none(), py::arg("argmax") = py::none(), py::arg("lr") = 0.0, py::arg("eps") = 0.0,
-        py::arg("beta1") = 0.0, py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0,
-        py::arg("bias_correction2") = 1.0, "Fused bag gradient + sparse optimizer step; see embtab.optim.");
+        py::arg("beta1") = 0.0, py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0, py::arg("bias_correction2") = 1.0,
+        py::arg("step") = py::none(),
+        "Fused bag gradient + sparse optimizer step (advancing `step`, if given); see embtab.optim.");
   m.def("optim_step_bags_multi", &optim_step_bags_multi, py::arg("kind"), py::arg("tables"), py::arg("states1"),
-        py::arg("states2"), py::arg("grad_out"), py::arg("ids"), py::arg("offsets"),
+        py::arg("states2"), py::arg("steps"), py::arg("grad_out"), py::arg("ids"), py::arg("offsets"),
         py::arg("feature_tables") = py::none(), py::arg("mode") = "sum", py::arg("weights") = py::none(),
         py::arg("params") = py::list(), "One fused step of many tables; see embtab.optim.step_bags_multi.");
 }

@@ -4,7 +4,10 @@
 
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cstring>
 #include <sstream>
+#include <utility>
 
 namespace embtab {
 namespace bind {
@@ -88,13 +91,13 @@ py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& 
   for (py::ssize_t extent : shape) count *= extent;
   const std::size_t bytes = static_cast<std::size_t>(count) * static_cast<std::size_t>(dtype.itemsize());
   if (bytes < kMinPooledBytes) {
-    // Small outputs: numpy's allocator, over-allocated by 64 bytes and viewed from a 64-byte boundary.
+    // Small outputs: numpy's allocator, over-allocated by 64 bytes and viewed from a 64-byte
+    // boundary (through numpy's C API: no call into Python).
     constexpr py::ssize_t kAlign = 64;
     py::array_t<std::uint8_t> buffer(static_cast<py::ssize_t>(bytes) + kAlign);
     const auto address = reinterpret_cast<std::uintptr_t>(buffer.data());
-    const py::ssize_t skip = static_cast<py::ssize_t>((kAlign - address % kAlign) % kAlign);
-    py::object view = buffer[py::slice(skip, skip + static_cast<py::ssize_t>(bytes), 1)].attr("view")(dtype);
-    return view.attr("reshape")(py::tuple(py::cast(shape))).cast<py::array>();
+    const std::size_t skip = static_cast<std::size_t>((kAlign - address % kAlign) % kAlign);
+    return py::array(dtype, shape, buffer.mutable_data() + skip, buffer);
   }
   // Large outputs: a reusable block from the buffer pool, returned to it when the array dies.
   std::size_t capacity = 0;
@@ -112,32 +115,89 @@ py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& 
   return py::array(dtype, shape, block, base);
 }
 
-std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids) {
+namespace {
+
+// [first, last) byte addresses that the elements of a span; first == last when it has none.
+std::pair<std::uintptr_t, std::uintptr_t> memory_extent(const py::array& a) {
+  if (a.size() == 0) return {0, 0};
+  std::uintptr_t first = reinterpret_cast<std::uintptr_t>(a.data()), last = first;
+  for (py::ssize_t k = 0; k < a.ndim(); ++k) {
+    const py::ssize_t span = a.strides(k) * (a.shape(k) - 1);
+    if (span < 0)
+      first -= static_cast<std::uintptr_t>(-span);
+    else
+      last += static_cast<std::uintptr_t>(span);
+  }
+  return {first, last + static_cast<std::uintptr_t>(a.itemsize())};
+}
+
+}  // namespace
+
+bool may_share_memory(const py::array& a, const py::array& b) {
+  const auto x = memory_extent(a), y = memory_extent(b);
+  return x.first < x.second && y.first < y.second && x.first < y.second && y.first < x.second;
+}
+
+Output::Output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape,
+               std::initializer_list<const py::array*> inputs)
+    : result_(prepare_output(out, dtype, shape)), target_(result_), callers_(!out.is_none()) {
+  bool overlap = false;
+  for (const py::array* input : inputs)
+    if (callers_ && input != nullptr && input->ptr() != nullptr) overlap = overlap || may_share_memory(result_, *input);
+  if (overlap) target_ = aligned_empty(dtype, shape);
+  result_data_ = result_.mutable_data();
+  target_data_ = target_.mutable_data();
+  bytes_ = static_cast<std::size_t>(result_.nbytes());
+}
+
+void Output::finish() {
+  if (target_data_ != result_data_) std::memcpy(result_data_, target_data_, bytes_);
+}
+
+std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids, bool include_last_offset) {
   const py::array offsets = require_array(offsets_obj, "offsets");
   const IndexKind kind = require_index(offsets, "offsets");
   require_ndim(offsets, 1, "offsets");
   const py::ssize_t n = offsets.shape(0);
-  if (n < 1) throw py::value_error("offsets must have num_bags + 1 >= 1 entries, got an empty array");
-  std::vector<std::int64_t> result(static_cast<std::size_t>(n));
+  if (include_last_offset && n < 1)
+    throw py::value_error("offsets must have num_bags + 1 >= 1 entries, got an empty array");
+  // The CSR form: torch-style offsets (include_last_offset=False) get the end of the last bag.
+  std::vector<std::int64_t> result(static_cast<std::size_t>(n) + (include_last_offset ? 0 : 1));
   const py::array contiguous = c_contiguous(offsets);
   visit_index(kind, [&](auto tag) {
     using I = decltype(tag);
     const I* p = cdata<I>(contiguous);
     for (py::ssize_t i = 0; i < n; ++i) result[static_cast<std::size_t>(i)] = static_cast<std::int64_t>(p[i]);
   });
+  if (!include_last_offset) {
+    result.back() = num_ids;
+    if (n == 0 && num_ids != 0)
+      throw py::value_error("offsets is empty (no bags) but ids has " + std::to_string(num_ids) + " entries");
+  }
   if (result[0] != 0) throw py::value_error("offsets[0] must be 0, got " + std::to_string(result[0]));
-  for (std::size_t i = 1; i < result.size(); ++i)
+  const std::size_t given = static_cast<std::size_t>(n);
+  for (std::size_t i = 1; i < given; ++i)
     if (result[i] < result[i - 1])
       throw py::value_error("offsets must be non-decreasing, but offsets[" + std::to_string(i) + "] = " +
                             std::to_string(result[i]) + " < offsets[" + std::to_string(i - 1) + "] = " +
                             std::to_string(result[i - 1]));
-  if (result.back() != num_ids)
+  if (!include_last_offset) {
+    if (n > 0 && result[given - 1] > num_ids)
+      throw py::value_error("offsets[-1] = " + std::to_string(result[given - 1]) + " starts a bag past the end of ids (len(ids) = " +
+                            std::to_string(num_ids) + ")");
+  } else if (result.back() != num_ids) {
+    // The common mistake: torch's default offsets (one start per bag) given where CSR is expected.
+    const std::string hint = result.back() < num_ids
+                                 ? "; for offsets that hold only the start of each bag (torch's default), pass "
+                                   "include_last_offset=False"
+                                 : "";
     throw py::value_error("offsets[-1] must equal len(ids) = " + std::to_string(num_ids) + ", got " +
-                          std::to_string(result.back()));
+                          std::to_string(result.back()) + hint);
+  }
   return result;
 }
 
-std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj) {
+std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj, bool include_last_offset) {
   std::vector<std::int64_t> offsets;
   if (ids.ndim() == 2) {
     if (!offsets_obj.is_none())
@@ -149,7 +209,7 @@ std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& of
   } else if (ids.ndim() == 1) {
     if (offsets_obj.is_none())
       throw py::value_error("offsets is required when ids is 1-D (CSR bags); pass 2-D ids for fixed-length bags");
-    offsets = check_offsets(offsets_obj, ids.shape(0));
+    offsets = check_offsets(offsets_obj, ids.shape(0), include_last_offset);
   } else {
     throw py::value_error("ids must be 1-D with offsets, or 2-D (num_bags, bag_len), got shape " + shape_str(ids));
   }
@@ -348,11 +408,63 @@ void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows,
     using I = decltype(tag);
     value = static_cast<std::int64_t>(cdata<I>(flat)[pos]);
   });
+  if (value >= 0 && value < num_rows) {
+    // The kernel found a bad id here, but it reads valid now: another thread rewrote the array
+    // during the call. Say so rather than call a valid id out of bounds.
+    const std::vector<py::ssize_t> shape(ids.shape(), ids.shape() + ids.ndim());
+    throw py::index_error(position_str(name, shape, pos) + " was out of bounds for a table with " +
+                          std::to_string(num_rows) + " rows when it was read, but now holds " + std::to_string(value) +
+                          " (was the array changed by another thread during the call?)");
+  }
+  throw_id_error(ids, pos, value, num_rows, name);
+}
+
+void throw_id_error(const py::array& ids, std::int64_t pos, std::int64_t value, std::int64_t num_rows,
+                    const char* name) {
   const std::vector<py::ssize_t> shape(ids.shape(), ids.shape() + ids.ndim());
-  throw py::index_error(position_str(name, shape, pos) + " = " + std::to_string(value) +
-                        (value < 0 ? " is negative" : " is out of bounds") + " for a table with " +
+  const std::string where = position_str(name, shape, pos) + " = " + std::to_string(value);
+  if (num_rows < 0) throw py::index_error(where + " is negative (ids are row numbers, >= 0)");
+  throw py::index_error(where + (value < 0 ? " is negative" : " is out of bounds") + " for a table with " +
                         std::to_string(num_rows) + " rows (valid ids are 0 to " + std::to_string(num_rows - 1) +
                         ")");
+}
+
+namespace {
+
+// The bag boundaries as CSR int64 offsets, every argument checked as a pooled lookup checks it, and
+// with num_rows >= 0 every id checked against the table (IndexError naming its position in ids as
+// given, e.g. "ids[1, 1]"). The Python layer uses it before it rewrites bags itself (leaving out
+// padding or dropped entries), so that errors name what the caller passed.
+py::array checked_bag_offsets(const py::handle& ids_obj, const py::object& offsets_obj, bool include_last_offset,
+                              std::int64_t num_rows) {
+  const Ids ids = check_ids(ids_obj);
+  const std::vector<std::int64_t> offsets = bag_offsets(ids.array, offsets_obj, include_last_offset);
+  if (num_rows >= 0) {
+    visit_index(ids.kind, [&](auto tag) {
+      using I = decltype(tag);
+      const I* p = cdata<I>(ids.array);
+      for (std::int64_t i = 0; i < ids.n; ++i)
+        if (p[i] < 0 || static_cast<std::int64_t>(p[i]) >= num_rows) throw_bad_id(ids.array, i, num_rows);
+    });
+  }
+  py::array_t<std::int64_t> result(static_cast<py::ssize_t>(offsets.size()));
+  std::copy(offsets.begin(), offsets.end(), result.mutable_data());
+  return std::move(result);
+}
+
+}  // namespace
+
+void register_validate(py::module_& m) {
+  m.def("bag_offsets", &checked_bag_offsets, py::arg("ids"), py::arg("offsets"), py::arg("include_last_offset") = true,
+        py::arg("num_rows") = -1, "Checked CSR offsets of a pooled lookup's bags; see embtab.gather_bags.");
+}
+
+py::array unshared(const py::array& input, const std::vector<const py::array*>& written) {
+  for (const py::array* w : written)
+    if (w && may_share_memory(input, *w))
+      return py::module_::import("numpy").attr("array")(input, py::arg("copy") = true, py::arg("order") = "C")
+          .cast<py::array>();
+  return input;
 }
 
 }  // namespace bind

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -53,6 +54,36 @@ py::array aligned_empty(const py::dtype& dtype, const std::vector<py::ssize_t>& 
 // require_output does.
 py::array prepare_output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape);
 
+// Whether the memory of two arrays may overlap: np.may_share_memory's answer, from the byte ranges
+// their elements span (exact for C-contiguous arrays).
+bool may_share_memory(const py::array& a, const py::array& b);
+
+// The output of a kernel that reads `inputs`, as prepare_output makes it. When the caller's `out`
+// overlaps an input, the kernel writes a private array instead, and finish() copies it into out
+// once the kernel has succeeded: the result is then as if every input had been read first (what
+// np.take(..., out=) gives), and a failed call leaves out untouched.
+class Output {
+ public:
+  Output(const py::object& out, const py::dtype& dtype, const std::vector<py::ssize_t>& shape,
+         std::initializer_list<const py::array*> inputs);
+  // What the call returns.
+  const py::array& result() const { return result_; }
+  // Where the kernel writes.
+  void* data() const { return target_data_; }
+  // True when the kernel writes straight into memory the caller passed (out=): then nothing may be
+  // written unless the whole call succeeds.
+  bool is_callers() const { return callers_ && target_data_ == result_data_; }
+  // Copies the private array into out (a no-op otherwise). Needs no GIL: this object owns both.
+  void finish();
+
+ private:
+  py::array result_, target_;
+  bool callers_;
+  void* result_data_;
+  void* target_data_;
+  std::size_t bytes_;
+};
+
 // Ids of any shape: an integer array (TypeError otherwise), made C-contiguous.
 struct Ids {
   py::array array;  // C-contiguous
@@ -62,29 +93,21 @@ struct Ids {
 Ids check_ids(const py::handle& obj);
 
 // CSR offsets of num_bags + 1 entries: integer, 1-D, starting at 0, non-decreasing, ending at
-// num_ids. Returned as int64.
-std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids);
+// num_ids. Returned as int64. With include_last_offset=false (torch's default convention) the
+// array holds num_bags starts and the end of the last bag (num_ids) is appended.
+std::vector<std::int64_t> check_offsets(const py::handle& offsets_obj, std::int64_t num_ids,
+                                        bool include_last_offset = true);
 
 // Bag boundaries by the rules of gather_bags: 2-D ids (num_bags, bag_len) are fixed-length bags
 // and take no offsets; 1-D ids need CSR offsets (checked as check_offsets does). int64.
-std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj);
+std::vector<std::int64_t> bag_offsets(const py::array& ids, const py::object& offsets_obj,
+                                      bool include_last_offset = true);
 
 // "sum" / "mean" / "max"; ValueError otherwise.
 PoolMode parse_mode(const std::string& mode);
 
 // bounds="raise" (false) or "zero" (true); ValueError otherwise.
 bool parse_bounds(const std::string& bounds);
-
-// With bounds="zero": one stored row of `bytes` zero bytes (8-byte aligned) that invalid ids read
-// instead of a table row; row() is nullptr otherwise.
-class ZeroRow {
- public:
-  ZeroRow(bool needed, std::int64_t bytes) : words_(needed ? static_cast<std::size_t>(bytes / 8 + 1) : 0, 0) {}
-  const void* row() const { return words_.empty() ? nullptr : words_.data(); }
-
- private:
-  std::vector<std::uint64_t> words_;
-};
 
 // The arguments of a pooled lookup after its table, checked in this order: mode, ids, offsets (or
 // 2-D ids), weights (of `weight_dtype`; `dtype_owner` names it in the TypeError), and
@@ -140,6 +163,15 @@ MultiBatch check_multi_batch(const py::handle& tables_obj, const py::handle& ids
 // Throws IndexError for the id at flat position `pos` of `ids` (shape `shape`).
 [[noreturn]] void throw_bad_id(const py::array& ids, std::int64_t pos, std::int64_t num_rows,
                                const char* name = "ids");
+// The same for a kernel that reports the value it found bad (read once: another thread may have
+// rewritten ids since). num_rows < 0: no upper bound, only negative ids are bad.
+[[noreturn]] void throw_id_error(const py::array& ids, std::int64_t pos, std::int64_t value, std::int64_t num_rows,
+                                 const char* name = "ids");
+
+// A read-only input that a kernel reads while it writes the arrays in `written`: the input itself,
+// or a private C-contiguous copy when it overlaps one of them (the result is then as if the input
+// had been copied first, as numpy's ufuncs and np.add.at give it).
+py::array unshared(const py::array& input, const std::vector<const py::array*>& written);
 
 template <class T>
 const T* cdata(const py::array& a) {

@@ -1,6 +1,7 @@
 #include "kernels/buffer_pool.hpp"
 
 #include <cstdlib>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <new>
@@ -21,6 +22,7 @@ struct Pool {
   std::mutex mutex;
   std::multimap<std::size_t, void*> free_blocks;  // capacity -> block
   std::size_t cached = 0;
+  std::size_t limit = kDefaultCachedBytes;
 };
 
 Pool* g_pool = new Pool();  // leaked: blocks may be released during interpreter shutdown
@@ -28,7 +30,11 @@ Pool* g_pool = new Pool();  // leaked: blocks may be released during interpreter
 #if defined(__unix__)
 // After fork() the child must not wait on a mutex held by a thread that no longer exists; it
 // starts with an empty pool (the parent's cached blocks are simply not reused).
-void reset_after_fork() { g_pool = new Pool(); }
+void reset_after_fork() {
+  const std::size_t limit = g_pool->limit;  // a setting, not a block: the child keeps it
+  g_pool = new Pool();
+  g_pool->limit = limit;
+}
 const bool g_registered = (pthread_atfork(nullptr, nullptr, &reset_after_fork), true);
 #endif
 
@@ -72,7 +78,7 @@ void pool_release(void* block, std::size_t capacity) noexcept {
   if (!block) return;
   {
     std::lock_guard<std::mutex> lock(g_pool->mutex);
-    if (capacity >= kMinPooledBytes && g_pool->cached + capacity <= kMaxCachedBytes) {
+    if (capacity >= kMinPooledBytes && g_pool->cached + capacity <= g_pool->limit) {
       g_pool->free_blocks.emplace(capacity, block);
       g_pool->cached += capacity;
       return;
@@ -81,19 +87,39 @@ void pool_release(void* block, std::size_t capacity) noexcept {
   std::free(block);
 }
 
-void pool_clear() noexcept {
+std::size_t pool_clear() noexcept {
   std::multimap<std::size_t, void*> blocks;
+  std::size_t freed;
   {
     std::lock_guard<std::mutex> lock(g_pool->mutex);
     blocks.swap(g_pool->free_blocks);
+    freed = g_pool->cached;
     g_pool->cached = 0;
   }
   for (auto& entry : blocks) std::free(entry.second);
+  return freed;
 }
 
 std::size_t pool_cached_bytes() noexcept {
   std::lock_guard<std::mutex> lock(g_pool->mutex);
   return g_pool->cached;
+}
+
+void pool_set_limit(std::size_t bytes) noexcept {
+  std::lock_guard<std::mutex> lock(g_pool->mutex);
+  g_pool->limit = bytes;
+  // The largest blocks go first: the fewest blocks freed for the bytes that must go.
+  while (g_pool->cached > bytes) {
+    auto largest = std::prev(g_pool->free_blocks.end());
+    g_pool->cached -= largest->first;
+    std::free(largest->second);
+    g_pool->free_blocks.erase(largest);
+  }
+}
+
+std::size_t pool_limit() noexcept {
+  std::lock_guard<std::mutex> lock(g_pool->mutex);
+  return g_pool->limit;
 }
 
 }  // namespace embtab

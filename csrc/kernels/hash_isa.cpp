@@ -151,6 +151,53 @@ EMBTAB_INLINE void murmur3_x64_128(const unsigned char* p, int64_t len, uint32_t
   out[1] = h2;
 }
 
+// MurmurHash3_x86_128: four 32-bit lanes, each mixing its own 4-byte word of every 16-byte block.
+constexpr uint32_t kC128[4] = {0x239b961bu, 0xab0e9789u, 0x38b34ae5u, 0xa1e38b93u};
+constexpr int kRotK[4] = {15, 16, 17, 18};   // rotation of lane i's key word
+constexpr int kRotH[4] = {19, 17, 15, 13};   // rotation of lane i's state
+constexpr uint32_t kAdd128[4] = {0x561ccd1bu, 0x0bcaa747u, 0x96cd1c35u, 0x32ac3b17u};
+
+// Lane i's key word k, mixed: multiplied by its constant, rotated, multiplied by the next lane's.
+EMBTAB_INLINE uint32_t mix_x86_128_k(uint32_t k, int i) {
+  k *= kC128[i];
+  k = rotl32(k, kRotK[i]);
+  return k * kC128[(i + 1) & 3];
+}
+
+EMBTAB_INLINE void murmur3_x86_128(const unsigned char* p, int64_t len, uint32_t seed, uint64_t* out) {
+  const int64_t nblocks = len / 16;
+  uint32_t h[4] = {seed, seed, seed, seed};
+  for (int64_t b = 0; b < nblocks; ++b) {
+    for (int i = 0; i < 4; ++i) {
+      h[i] ^= mix_x86_128_k(load_le32(p + 16 * b + 4 * i), i);
+      h[i] = rotl32(h[i], kRotH[i]);
+      h[i] += h[(i + 1) & 3];
+      h[i] = h[i] * 5 + kAdd128[i];
+    }
+  }
+  const unsigned char* tail = p + 16 * nblocks;
+  const int64_t rest = len & 15;
+  uint32_t k[4] = {0, 0, 0, 0};
+  for (int64_t j = 0; j < rest; ++j) k[j / 4] ^= uint32_t(tail[j]) << (8 * (j % 4));
+  for (int i = 3; i >= 0; --i)
+    if (rest > 4 * i) h[i] ^= mix_x86_128_k(k[i], i);
+  for (int i = 0; i < 4; ++i) h[i] ^= static_cast<uint32_t>(len);
+  h[0] += h[1] + h[2] + h[3];
+  for (int i = 1; i < 4; ++i) h[i] += h[0];
+  for (int i = 0; i < 4; ++i) h[i] = fmix32(h[i]);
+  h[0] += h[1] + h[2] + h[3];
+  for (int i = 1; i < 4; ++i) h[i] += h[0];
+  out[0] = uint64_t(h[0]) | (uint64_t(h[1]) << 32);
+  out[1] = uint64_t(h[2]) | (uint64_t(h[3]) << 32);
+}
+
+EMBTAB_INLINE void murmur3_128_key(const unsigned char* p, int64_t len, uint32_t seed, bool x64arch, uint64_t* out) {
+  if (x64arch)
+    murmur3_x64_128(p, len, seed, out);
+  else
+    murmur3_x86_128(p, len, seed, out);
+}
+
 // fastText's Dictionary::hash: FNV-1a 32 where each byte is first sign-extended (uint32_t(int8_t(c))).
 constexpr uint32_t kFnvOffset = 2166136261u, kFnvPrime = 16777619u;
 EMBTAB_INLINE uint32_t fnv_step(uint32_t h, char c) {
@@ -390,7 +437,7 @@ int64_t murmur3_32(const KeySource& keys, uint32_t seed, uint32_t* out) {
   return parallel_strings<false>(keys, op);
 }
 
-int64_t murmur3_128(const KeySource& keys, uint32_t seed, uint64_t* out) {
+int64_t murmur3_128(const KeySource& keys, uint32_t seed, bool x64arch, uint64_t* out) {
   if (keys.n <= 0) return -1;
   if (keys.kind == KeyKind::ints) {
     parallel_for(static_cast<std::size_t>(keys.n), kIntGrain, [&](std::size_t b, std::size_t e) {
@@ -399,14 +446,14 @@ int64_t murmur3_128(const KeySource& keys, uint32_t seed, uint64_t* out) {
           const uint64_t v = int_key<W>(keys.data, i);
           unsigned char bytes[8];
           for (int k = 0; k < 8; ++k) bytes[k] = static_cast<unsigned char>(v >> (8 * k));
-          murmur3_x64_128(bytes, W, seed, out + 2 * i);
+          murmur3_128_key(bytes, W, seed, x64arch, out + 2 * i);
         }
       });
     });
     return -1;
   }
   auto op = [=](int64_t i, const char* s, int64_t len, bool) {
-    murmur3_x64_128(reinterpret_cast<const unsigned char*>(s), len, seed, out + 2 * i);
+    murmur3_128_key(reinterpret_cast<const unsigned char*>(s), len, seed, x64arch, out + 2 * i);
   };
   return parallel_strings<false>(keys, op);
 }
@@ -436,13 +483,13 @@ int64_t buckets(const KeySource& keys, uint32_t seed, uint64_t num_buckets, int6
   return parallel_strings<false>(keys, op);
 }
 
-int64_t feature_hash(const KeySource& keys, uint64_t n_features, bool alternate_sign, int64_t* indices,
-                     float* signs) {
+int64_t feature_hash(const KeySource& keys, uint32_t seed, uint64_t n_features, bool alternate_sign,
+                     int64_t* indices, float* signs) {
   if (keys.n <= 0) return -1;
   const FastMod mod = make_fastmod(n_features);
   const uint32_t sign_mask = alternate_sign ? 0x80000000u : 0u;
   auto op = [=](int64_t i, const char* s, int64_t len, bool padded) {
-    const uint32_t h = murmur3_x86_32_key(s, len, 0, padded);
+    const uint32_t h = murmur3_x86_32_key(s, len, seed, padded);
     // |h| of the signed value, computed unsigned so that |-2^31| = 2^31 (scikit-learn's result);
     // branch-free, as the sign of a hash is a coin flip.
     const uint32_t negative = h >> 31;
@@ -477,9 +524,16 @@ EMBTAB_INLINE int64_t subword_count(int64_t chars, int64_t minn, int64_t maxn) {
   return count;
 }
 
+// fastText's end-of-sentence token, which gets no n-grams.
+EMBTAB_INLINE bool is_eos(const char* s, int64_t len) { return len == 4 && __builtin_memcmp(s, "</s>", 4) == 0; }
+
 int64_t subword_counts(const KeySource& words, int minn, int maxn, int64_t* counts) {
   if (words.n <= 0) return -1;
   auto op = [=](int64_t i, const char* s, int64_t len, bool) {
+    if (maxn <= 0 || is_eos(s, len)) {
+      counts[i] = 0;
+      return;
+    }
     int64_t chars = 2;  // "<" and ">"
     for (int64_t k = 0; k < len; ++k) chars += utf8_continuation(s[k]) ? 0 : 1;
     counts[i] = subword_count(chars, minn, maxn);
@@ -530,7 +584,8 @@ int64_t subword_ids(const KeySource& words, int minn, int maxn, uint64_t bucket,
   if (words.n <= 0) return -1;
   const FastMod mod = make_fastmod(bucket);
   auto op = [=](int64_t w, const char* s, int64_t len, bool) {
-    word_subword_ids(s, len, minn, maxn, mod, offset, ids + offsets[w]);
+    // Words without n-grams (maxn = 0, "</s>") were counted as 0: nothing to write.
+    if (offsets[w + 1] > offsets[w]) word_subword_ids(s, len, minn, maxn, mod, offset, ids + offsets[w]);
   };
   return parallel_strings<true>(words, op);
 }

@@ -1,4 +1,4 @@
-// The hashing trick: MurmurHash3 (x86_32, x64_128), scikit-learn's FeatureHasher mapping and
+// The hashing trick: MurmurHash3 (x86_32, x86_128, x64_128), scikit-learn's FeatureHasher mapping and
 // fastText's dictionary hash and subword n-grams, over whole arrays of keys. Pure C++; no Python.
 //
 // Contract shared by every kernel here:
@@ -48,17 +48,19 @@ struct KeySource {
 struct HashKernels {
   // MurmurHash3_x86_32 of each key (integers as their little-endian bytes).
   std::int64_t (*murmur3_32)(const KeySource& keys, std::uint32_t seed, std::uint32_t* out);
-  // MurmurHash3_x64_128: out[2 i] = h1, out[2 i + 1] = h2.
-  std::int64_t (*murmur3_128)(const KeySource& keys, std::uint32_t seed, std::uint64_t* out);
+  // MurmurHash3_x64_128 (x64arch) or MurmurHash3_x86_128: the 16-byte digest of key i as two
+  // little-endian 64-bit words, out[2 i] (bytes 0-7) and out[2 i + 1] (bytes 8-15).
+  std::int64_t (*murmur3_128)(const KeySource& keys, std::uint32_t seed, bool x64arch, std::uint64_t* out);
   // murmur3_32(key, seed) % num_buckets (unsigned), num_buckets >= 1.
   std::int64_t (*buckets)(const KeySource& keys, std::uint32_t seed, std::uint64_t num_buckets, std::int64_t* out);
-  // scikit-learn's FeatureHasher: h = signed murmur3_32(key, 0); index = |h| % n_features (|-2^31| = 2^31);
-  // sign = -1 where h < 0 if alternate_sign, else +1.
-  std::int64_t (*feature_hash)(const KeySource& keys, std::uint64_t n_features, bool alternate_sign,
-                               std::int64_t* indices, float* signs);
+  // scikit-learn's FeatureHasher: h = signed murmur3_32(key, seed) (seed 0 in scikit-learn);
+  // index = |h| % n_features (|-2^31| = 2^31); sign = -1 where h < 0 if alternate_sign, else +1.
+  std::int64_t (*feature_hash)(const KeySource& keys, std::uint32_t seed, std::uint64_t n_features,
+                               bool alternate_sign, std::int64_t* indices, float* signs);
   // fastText's dictionary hash (FNV-1a 32 over bytes sign-extended as int8). String keys only.
   std::int64_t (*fasttext_hash)(const KeySource& keys, std::uint32_t* out);
-  // counts[i] = number of subword n-grams of word i (fastText's computeSubwords), 1 <= minn <= maxn.
+  // counts[i] = number of subword n-grams of word i (fastText's computeSubwords), 1 <= minn <= maxn,
+  // or maxn = 0 for none. fastText's end-of-sentence word "</s>" has none (as in its Dictionary).
   std::int64_t (*subword_counts)(const KeySource& words, int minn, int maxn, std::int64_t* counts);
   // Writes the n-gram ids of word i, offset + fasttext_hash(ngram) % bucket, to
   // ids[offsets[i] : offsets[i + 1]] (offsets from the prefix sum of subword_counts).

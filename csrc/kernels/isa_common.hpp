@@ -1,7 +1,7 @@
 // Helpers for kernels compiled once per instruction set. Include this header INSIDE
 // `namespace embtab { namespace EMBTAB_ISA_NS {`: every function here then exists once per path,
 // compiled with that path's flags, and can never be merged with another path's copy by the linker.
-// (That is also why it uses no standard-library templates.)
+// (That is also why it uses no standard-library templates; ci/check_odr.sh checks the objects.)
 
 #ifndef EMBTAB_ISA_NS
 #error "compile this file once per instruction set with -DEMBTAB_ISA_NS=<name>"
@@ -11,6 +11,8 @@
 #define EMBTAB_INLINE inline __attribute__((always_inline))
 #define EMBTAB_LIKELY(x) __builtin_expect(!!(x), 1)
 
+#include "kernels/parallel_for.hpp"
+
 constexpr std::int64_t kCacheLine = 64;
 
 template <class T>
@@ -18,13 +20,31 @@ EMBTAB_INLINE T min_of(T a, T b) { return b < a ? b : a; }
 template <class T>
 EMBTAB_INLINE T max_of(T a, T b) { return a < b ? b : a; }
 
-// Prefetch a whole row into cache (read), one hint per cache line it touches: rows of numpy
-// tables rarely start on a line (large arrays start 16 bytes past a page), so a 512-byte row
-// spans 9 lines, not 8.
+// Prefetches (for reading) every cache line that [row, row + bytes) touches: one hint per 64 bytes
+// from its start, and one for its last byte. Rows of numpy tables rarely start on a line (large
+// arrays start 16 bytes past a page), so a 512-byte row often spans 9 lines, not 8. With `bytes`
+// known at compile time the hints unroll into straight-line code.
 EMBTAB_INLINE void prefetch_row(const void* row, std::int64_t bytes) {
   const char* p = static_cast<const char*>(row);
   for (std::int64_t off = 0; off < bytes; off += kCacheLine) __builtin_prefetch(p + off, 0, 3);
-  __builtin_prefetch(p + bytes - 1, 0, 3);  // the last line, when the row does not start on one
+  __builtin_prefetch(p + bytes - 1, 0, 3);
+}
+
+// How many rows ahead of the one being read to prefetch: about 8 KiB of rows in flight per thread,
+// at least 2 rows and at most 32 (short rows need many rows ahead to keep as many lines in flight).
+EMBTAB_INLINE std::int64_t prefetch_distance(std::int64_t row_bytes) {
+  return max_of<std::int64_t>(2, min_of<std::int64_t>(32, 8192 / max_of<std::int64_t>(row_bytes, 1)));
+}
+
+EMBTAB_INLINE float float_from_bits(std::uint32_t bits) {
+  float f;
+  __builtin_memcpy(&f, &bits, sizeof f);
+  return f;
+}
+EMBTAB_INLINE std::uint32_t bits_from_float(float f) {
+  std::uint32_t bits;
+  __builtin_memcpy(&bits, &f, sizeof bits);
+  return bits;
 }
 
 // True when id is a valid row of a table with num_rows rows (negative ids are invalid).
@@ -35,11 +55,6 @@ EMBTAB_INLINE bool id_in_range(I id, std::int64_t num_rows) {
 
 // Row operations. D > 0 fixes the row length at compile time (fully unrolled, registers);
 // D == 0 uses the run-time `dim`.
-template <int D, class T>
-EMBTAB_INLINE void row_copy(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, std::int64_t dim) {
-  const std::int64_t n = D > 0 ? D : dim;
-  for (std::int64_t j = 0; j < n; ++j) dst[j] = src[j];
-}
 // dst = 0 + src: a sum that starts from zero, as np.add.at into zeros (turns -0.0 into +0.0).
 template <int D, class T>
 EMBTAB_INLINE void row_copy_from_zero(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, std::int64_t dim) {
@@ -51,11 +66,6 @@ EMBTAB_INLINE void row_scale_copy_from_zero(T* EMBTAB_RESTRICT dst, const T* EMB
                                             std::int64_t dim) {
   const std::int64_t n = D > 0 ? D : dim;
   for (std::int64_t j = 0; j < n; ++j) dst[j] = T(0) + w * src[j];
-}
-template <int D, class T>
-EMBTAB_INLINE void row_scale_copy(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, T w, std::int64_t dim) {
-  const std::int64_t n = D > 0 ? D : dim;
-  for (std::int64_t j = 0; j < n; ++j) dst[j] = w * src[j];
 }
 template <int D, class T>
 EMBTAB_INLINE void row_add(T* EMBTAB_RESTRICT dst, const T* EMBTAB_RESTRICT src, std::int64_t dim) {
@@ -72,12 +82,6 @@ EMBTAB_INLINE void row_zero(T* EMBTAB_RESTRICT dst, std::int64_t dim) {
   const std::int64_t n = D > 0 ? D : dim;
   for (std::int64_t j = 0; j < n; ++j) dst[j] = T(0);
 }
-template <int D, class T>
-EMBTAB_INLINE void row_div(T* EMBTAB_RESTRICT dst, T divisor, std::int64_t dim) {
-  const std::int64_t n = D > 0 ? D : dim;
-  for (std::int64_t j = 0; j < n; ++j) dst[j] = dst[j] / divisor;
-}
-
 // Calls f.template operator()<D>() with D the compile-time row length matching dim (common
 // embedding sizes), or D = 0 for any other dim.
 #define EMBTAB_DISPATCH_DIM(dim, ...)            \
@@ -100,26 +104,6 @@ EMBTAB_INLINE void atomic_min(std::int64_t* target, std::int64_t value) {
          !__atomic_compare_exchange_n(target, &seen, value, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
   }
 }
-
-// What an invalid id (negative or >= num_rows) does in a lookup: with `zero_row` set
-// (bounds="zero") it reads as that stored row of zeros and is counted in *num_invalid; otherwise
-// the smallest invalid position goes to *first_bad and the kernel stops.
-struct InvalidIds {
-  const void* zero_row;
-  std::int64_t* first_bad;
-  std::int64_t* num_invalid;
-
-  // zero_row (counted if `count`: once per position when a row is read in several passes), or
-  // nullptr after recording pos.
-  __attribute__((noinline)) const void* resolve(std::int64_t pos, bool count = true) const {
-    if (zero_row) {
-      if (count) __atomic_fetch_add(num_invalid, 1, __ATOMIC_RELAXED);
-      return zero_row;
-    }
-    atomic_min(first_bad, pos);
-    return nullptr;
-  }
-};
 
 // First bag of chunk c when bags [0, num_bags) are split into `chunks` parts of about equal
 // (ids + bags): the smallest b with offsets[b] + b >= c * (total + num_bags) / chunks.

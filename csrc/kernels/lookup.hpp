@@ -1,14 +1,18 @@
-// Forward lookups: gather rows by id, and pooled bags (sum / mean / max). Pure C++; no Python.
+// Forward lookups over every row format: gather rows by id, and pooled bags (sum / mean / max),
+// with per-id weights, argmax and the bounds modes. Pure C++; no Python.
 //
 // Contract shared by every kernel here:
-// - `table` is a C-contiguous num_rows x dim matrix; `ids` are flat; bag b spans
-//   ids[offsets[b] : offsets[b + 1]] (offsets validated by the caller: 0-based, non-decreasing).
-// - Ids are bounds-checked as they are read. With zero_row == nullptr (bounds="raise") a kernel
-//   returns -1 on success, else the smallest position whose id is negative or >= num_rows (the
-//   output is then unspecified). With zero_row pointing at `dim` zeros (bounds="zero") an invalid
-//   id reads as that row, *num_invalid counts them, and the kernel returns -1.
-// - Each output row is produced by one thread, adding its inputs in their original order, so the
-//   result is the same for every thread count.
+// - `table` views a C-contiguous num_rows x dim table in one of the RowFormats; `ids` are flat; bag
+//   b spans ids[offsets[b] : offsets[b + 1]] (offsets validated by the caller: 0-based,
+//   non-decreasing).
+// - Results, weights and accumulation are float64 for f64 tables and float32 for every other
+//   format (reduced-precision rows are widened to float32 as they are read).
+// - Ids are bounds-checked as they are read (each id is read once for its row). What an invalid
+//   id (negative or >= num_rows) does is `on_invalid`; with `stop` or `stop_before_writing` the
+//   kernel returns the smallest position whose id is invalid, else -1.
+// - Each output row is produced by one thread, adding its inputs in their original order, with
+//   exactly rounded float operations (the build uses -ffp-contract=off), so the result is the same
+//   for every thread count and every SIMD path.
 #pragma once
 
 #include <cstdint>
@@ -19,49 +23,57 @@ namespace embtab {
 
 enum class PoolMode : int { sum = 0, mean = 1, max = 2 };
 
-// Bags read at least this many bytes of rows before the prefetch tuner times them (smaller calls
-// are not bound by memory, and too short to time).
-constexpr std::int64_t kTuneMinBytes = std::int64_t(4) << 20;
+// How a table's rows are stored.
+// - f32, f64: the values.
+// - f16: IEEE binary16 bits; bf16: the high 16 bits of a float32 (dim x uint16 per row).
+// - i8: row-wise asymmetric 8-bit: `rows` holds dim uint8 codes per row and `params` the row's
+//   float32 scale and bias side by side; code q decodes to fma(q, scale, bias). Sums add a row into
+//   the accumulator as fma(q, scale, acc + bias) from acc = +0, a weight w folded into scale and bias
+//   (w * scale, w * bias): FBGEMM's 8-bit row-wise rule, so sums equal torch's quantized
+//   embedding_bag bit for bit. The codes are stored apart from the scales and biases (not FBGEMM's
+//   fused rows of dim + 8 bytes): a row of 128 codes then spans one 128-byte pair of cache lines,
+//   not two, and the 8 bytes of scale and bias per row mostly stay in the last-level cache.
+enum class RowFormat : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3, i8 = 4 };
+constexpr int kRowFormats = 5;
 
-// What the prefetch tuner keys multi-threaded bag calls by: calls that differ in any of these take
-// different times per row, so they are timed apart. `kind`: 0 sum / mean, 1 weighted, 2 max, 3 max
-// with argmax, on float32 / float64 rows; plus 4 on float16 / bfloat16 rows, plus 8 on 8-bit rows.
-inline std::uint64_t bags_tune_detail(std::int64_t row_bytes, std::int64_t chunks, int kind) {
-  return static_cast<std::uint64_t>(row_bytes) << 24 | static_cast<std::uint64_t>(chunks) << 4 |
-         static_cast<std::uint64_t>(kind);
-}
+struct TableView {
+  RowFormat format;
+  const void* rows;
+  const float* params;  // i8 only: num_rows x (scale, bias)
+  std::int64_t num_rows, dim;
+};
 
-template <class T, class I>
+// What an invalid id does.
+enum class OnInvalid : int {
+  stop = 0,                 // the kernel stops at one (the output is then unspecified)
+  stop_before_writing = 1,  // every id is checked before anything is written to the output
+  read_zeros = 2,           // it reads as a row of zeros and is counted in *num_invalid
+};
+
+template <class I>
 struct LookupFns {
-  std::int64_t (*gather)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids, std::int64_t n,
-                         T* out, const T* zero_row, std::int64_t* num_invalid);
-  // weights: nullptr or one per id. argmax: nullptr, or (for max) num_bags x dim ids of the rows
-  // that won each output element (-1 for empty bags and for zero rows read for invalid ids).
-  std::int64_t (*bags)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids,
-                       const std::int64_t* offsets, std::int64_t num_bags, const T* weights, PoolMode mode,
-                       T* out, std::int64_t* argmax, const T* zero_row, std::int64_t* num_invalid);
-  // Bags [bag_begin, bag_end) on the calling thread, row b written at out + b * out_stride; mode sum
-  // or mean (weights optional). Ids are checked (returns -1 or the smallest bad position). For
-  // multi-table lookups (kernels/multi.hpp), which split all tables' bags between threads.
-  std::int64_t (*bags_block)(const T* table, std::int64_t num_rows, std::int64_t dim, const I* ids,
-                             const std::int64_t* offsets, std::int64_t bag_begin, std::int64_t bag_end,
-                             const T* weights, PoolMode mode, T* out, std::int64_t out_stride);
+  // out: n x dim results.
+  std::int64_t (*gather)(const TableView& table, const I* ids, std::int64_t n, void* out, OnInvalid on_invalid,
+                         std::int64_t* num_invalid);
+  // weights: nullptr or one per id (sum and mean). argmax: nullptr, or (max only) num_bags x dim
+  // ids of the rows that won each output element (-1 for empty bags and for zero rows read for
+  // invalid ids). out: num_bags x dim results.
+  std::int64_t (*bags)(const TableView& table, const I* ids, const std::int64_t* offsets, std::int64_t num_bags,
+                       const void* weights, PoolMode mode, void* out, std::int64_t* argmax, OnInvalid on_invalid,
+                       std::int64_t* num_invalid);
+  // Bags [bag_begin, bag_end) on the calling thread, bag b's row written at out + b * out_stride
+  // (elements); mode sum or mean, weights optional. An invalid id stops the call: returns -1 or the
+  // smallest bad position. For multi-table lookups (kernels/multi.hpp), which split every table's
+  // bags between threads themselves.
+  std::int64_t (*bags_block)(const TableView& table, const I* ids, const std::int64_t* offsets, std::int64_t bag_begin,
+                             std::int64_t bag_end, const void* weights, PoolMode mode, void* out,
+                             std::int64_t out_stride);
 };
 
 struct LookupKernels {
-  LookupFns<float, std::int32_t> f32_i32;
-  LookupFns<float, std::int64_t> f32_i64;
-  LookupFns<double, std::int32_t> f64_i32;
-  LookupFns<double, std::int64_t> f64_i64;
-
-  template <class T, class I>
-  const LookupFns<T, I>& get() const;
+  LookupFns<std::int32_t> i32[kRowFormats];  // indexed by RowFormat
+  LookupFns<std::int64_t> i64[kRowFormats];
 };
-
-template <> inline const LookupFns<float, std::int32_t>& LookupKernels::get() const { return f32_i32; }
-template <> inline const LookupFns<float, std::int64_t>& LookupKernels::get() const { return f32_i64; }
-template <> inline const LookupFns<double, std::int32_t>& LookupKernels::get() const { return f64_i32; }
-template <> inline const LookupFns<double, std::int64_t>& LookupKernels::get() const { return f64_i64; }
 
 }  // namespace embtab
 

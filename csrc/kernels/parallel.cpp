@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <exception>
 #include <mutex>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -26,11 +27,11 @@ namespace {
 
 thread_local bool tls_inside_kernel = false;
 
-// Waiting threads spin this long before they block: waking a blocked thread costs tens of
-// microseconds (about 46 us a parallel region on a 2-vCPU VM), which a kernel made of several
+// Waiting threads spin this long by default before they block: waking a blocked thread costs tens
+// of microseconds (about 46 us a parallel region on a 2-vCPU VM), which a kernel made of several
 // regions (sort passes, then the update) paid each time. 200 us of spinning after a call is the
-// most CPU an idle pool burns.
-constexpr auto kSpin = std::chrono::microseconds(200);
+// most CPU an idle pool burns, and the spin yields the CPU whenever another thread wants it.
+std::atomic<int> g_spin_us{200};
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -40,33 +41,55 @@ inline void cpu_relax() {
 #endif
 }
 
-// Spins until done() or kSpin has passed (not at all unless `spin`); true if done() held.
+// Spins until done() or the spin time has passed (not at all unless `spin`); true if done() held.
+// Between short bursts of polling it yields: on an idle machine sched_yield returns at once, on a
+// busy one (torch's OpenMP threads, other processes) the thread that needs this CPU gets it.
 template <class Done>
 bool spin_until(bool spin, Done done) {
-  if (!spin) return done();
+  const int us = g_spin_us.load(std::memory_order_relaxed);
+  if (!spin || us <= 0) return done();
+  const auto limit = std::chrono::microseconds(us);
   const auto start = std::chrono::steady_clock::now();
   for (;;) {
     for (int i = 0; i < 64; ++i) {
       if (done()) return true;
       cpu_relax();
     }
-    if (std::chrono::steady_clock::now() - start > kSpin) return done();
+    if (std::chrono::steady_clock::now() - start > limit) return done();
+    std::this_thread::yield();
   }
 }
 
 class ThreadPool {
  public:
-  ~ThreadPool() { stop_workers(); }
+  ~ThreadPool() {
+    std::lock_guard<std::mutex> busy(run_mutex_);
+    retire(0);
+  }
 
   int size() const { return num_threads_.load(); }
 
+  // n threads: the caller's and n - 1 workers. Only the difference is started or stopped, and a
+  // failure to start one (std::system_error) stops the ones just started: the pool is unchanged.
   void resize(int n) {
-    std::lock_guard<std::mutex> busy(run_mutex_);
-    stop_workers();
+    std::lock_guard<std::mutex> busy(run_mutex_);  // no job runs meanwhile
+    const std::size_t have = workers_.size(), want = static_cast<std::size_t>(n - 1);
+    if (want < have) {
+      retire(want);
+    } else if (want > have) {
+      keep_.store(want, std::memory_order_release);
+      try {
+        const std::uint64_t current = job_.load() >> kChunkBits;
+        for (std::size_t i = have; i < want; ++i)
+          workers_.emplace_back(&ThreadPool::worker, this, i + 1, current);
+      } catch (...) {
+        retire(have);
+        throw;
+      }
+    }
     num_threads_.store(n);
     // More threads than CPUs: a spinning thread would hold a CPU that a working one needs.
-    spin_ = n <= default_num_threads();
-    start_workers(n - 1);
+    spin_.store(n <= default_num_threads(), std::memory_order_relaxed);
   }
 
   void run(std::size_t max_chunks, ChunkFn fn, void* ctx) {
@@ -78,21 +101,24 @@ class ThreadPool {
       run_inline(chunks == 0 ? 1 : chunks, fn, ctx);
       return;
     }
+    std::uint64_t generation;
     {
       // The job is published under the mutex, so a worker that blocks sees it or is woken for it.
       std::lock_guard<std::mutex> lock(mutex_);
       job_fn_ = fn;
       job_ctx_ = ctx;
       errors_.assign(chunks, nullptr);
-      pending_.store(chunks - 1, std::memory_order_relaxed);  // chunk 0 runs on the calling thread
-      const std::uint64_t generation = (job_.load(std::memory_order_relaxed) >> kChunkBits) + 1;
+      pending_.store(chunks, std::memory_order_relaxed);
+      generation = (job_.load(std::memory_order_relaxed) >> kChunkBits) + 1;
+      claim_.store(generation << kChunkBits, std::memory_order_release);
       job_.store(generation << kChunkBits | chunks, std::memory_order_release);
     }
     wake_.notify_all();
-    run_one(0);
-    if (!spin_until(spin_, [&] { return pending_.load(std::memory_order_acquire) == 0; })) {
+    run_claimed(generation, chunks);
+    const auto done = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+    if (!spin_until(spin_.load(std::memory_order_relaxed), done)) {
       std::unique_lock<std::mutex> lock(mutex_);
-      done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+      done_.wait(lock, done);
     }
     for (auto& e : errors_)
       if (e) std::rethrow_exception(e);
@@ -111,35 +137,25 @@ class ThreadPool {
     tls_inside_kernel = was_inside;
   }
 
-  void run_one(std::size_t chunk) {
-    tls_inside_kernel = true;
-    try {
-      job_fn_(job_ctx_, chunk, job_.load(std::memory_order_relaxed) & kChunkMask);
-    } catch (...) {
-      errors_[chunk] = std::current_exception();
-    }
-    tls_inside_kernel = false;
-  }
-
-  // `seen` starts at the generation current when the worker was created, so a new worker never
-  // runs a job that finished before it existed.
-  // A worker that takes no part in a job (index >= its chunks) never reads the job's other fields,
-  // which the caller may already be rewriting for the next one.
-  void worker(std::size_t index, std::uint64_t seen) {
+  // Takes chunks of job `generation` (of `chunks` chunks) until none is left. A chunk is taken by
+  // advancing claim_ from (generation, c) to (generation, c + 1): a thread that comes late, when the
+  // caller has already published the next job, sees another generation and takes nothing. Once a
+  // chunk is taken its job cannot end before the chunk does, so the job's fields stay valid.
+  void run_claimed(std::uint64_t generation, std::size_t chunks) {
     for (;;) {
-      std::uint64_t job = 0;
-      const auto news = [&] {
-        job = job_.load(std::memory_order_acquire);
-        return stopping_.load(std::memory_order_acquire) || (job >> kChunkBits) != seen;
-      };
-      if (!spin_until(spin_, news)) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, news);
+      std::uint64_t claim = claim_.load(std::memory_order_acquire);
+      std::size_t chunk;
+      do {
+        chunk = static_cast<std::size_t>(claim & kChunkMask);
+        if ((claim >> kChunkBits) != generation || chunk >= chunks) return;
+      } while (!claim_.compare_exchange_weak(claim, claim + 1, std::memory_order_acq_rel, std::memory_order_acquire));
+      tls_inside_kernel = true;
+      try {
+        job_fn_(job_ctx_, chunk, chunks);
+      } catch (...) {
+        errors_[chunk] = std::current_exception();
       }
-      if (stopping_.load(std::memory_order_acquire)) return;
-      seen = job >> kChunkBits;
-      if (index >= (job & kChunkMask)) continue;
-      run_one(index);
+      tls_inside_kernel = false;
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         // The caller may have stopped spinning: wake it (under the mutex, so it cannot miss this).
         std::lock_guard<std::mutex> lock(mutex_);
@@ -148,21 +164,37 @@ class ThreadPool {
     }
   }
 
-  void start_workers(int count) {
-    stopping_.store(false);
-    const std::uint64_t current = job_.load() >> kChunkBits;
-    for (int i = 0; i < count; ++i)
-      workers_.emplace_back(&ThreadPool::worker, this, static_cast<std::size_t>(i + 1), current);
+  // `seen` starts at the generation current when the worker was created, so a new worker never
+  // runs a job that finished before it existed. Worker `index` (1-based) exits once index > keep_.
+  // A worker that takes no part in a job (index >= its chunks) never reads the job's other fields,
+  // which the caller may already be rewriting for the next one.
+  void worker(std::size_t index, std::uint64_t seen) {
+    for (;;) {
+      std::uint64_t job = 0;
+      const auto news = [&] {
+        job = job_.load(std::memory_order_acquire);
+        return index > keep_.load(std::memory_order_acquire) || (job >> kChunkBits) != seen;
+      };
+      if (!spin_until(spin_.load(std::memory_order_relaxed), news)) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, news);
+      }
+      if (index > keep_.load(std::memory_order_acquire)) return;
+      seen = job >> kChunkBits;
+      const std::size_t chunks = static_cast<std::size_t>(job & kChunkMask);
+      if (index < chunks) run_claimed(seen, chunks);
+    }
   }
 
-  void stop_workers() {
+  // Stops the workers after the first `keep` (run_mutex_ held: no job runs).
+  void retire(std::size_t keep) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      stopping_.store(true, std::memory_order_release);
+      keep_.store(keep, std::memory_order_release);
     }
     wake_.notify_all();
-    for (auto& t : workers_) t.join();
-    workers_.clear();
+    for (std::size_t i = keep; i < workers_.size(); ++i) workers_[i].join();
+    workers_.resize(std::min(keep, workers_.size()));
   }
 
   std::mutex run_mutex_;  // one parallel region at a time
@@ -170,17 +202,19 @@ class ThreadPool {
   std::condition_variable wake_, done_;
   std::vector<std::thread> workers_;
   std::atomic<int> num_threads_{1};
-  std::atomic<bool> stopping_{false};
-  bool spin_ = false;  // set while no worker runs
+  std::atomic<std::size_t> keep_{0};
+  std::atomic<bool> spin_{false};
   // The current job: its generation (counting jobs) above kChunkBits, its number of chunks below.
   static constexpr int kChunkBits = 16;
   static constexpr std::uint64_t kChunkMask = (std::uint64_t(1) << kChunkBits) - 1;
   static constexpr std::size_t kMaxChunksPerJob = kChunkMask;
   std::atomic<std::uint64_t> job_{0};
-  // Written by the caller before job_ is released; read by the job's workers after acquiring it.
+  // The next chunk to take: the job's generation above kChunkBits, the chunk's index below.
+  std::atomic<std::uint64_t> claim_{0};
+  // Written by the caller before job_ and claim_ are released; read by whoever takes a chunk.
   ChunkFn job_fn_ = nullptr;
   void* job_ctx_ = nullptr;
-  std::atomic<std::size_t> pending_{0};
+  std::atomic<std::size_t> pending_{0};  // chunks not finished yet
   std::vector<std::exception_ptr> errors_;
 };
 
@@ -204,7 +238,12 @@ ThreadPool& pool() {
     (void)registered;
 #endif
     p = new ThreadPool();
-    p->resize(g_requested_threads > 0 ? g_requested_threads : default_num_threads());
+    try {
+      p->resize(g_requested_threads > 0 ? g_requested_threads : default_num_threads());
+    } catch (const std::system_error&) {
+      // No threads to be had (a process or memory limit): kernels run on the caller's thread, with
+      // the same results, rather than fail.
+    }
     g_pool.store(p);
   }
   return *p;
@@ -213,25 +252,29 @@ ThreadPool& pool() {
 }  // namespace
 
 int default_num_threads() {
+  int n = 0;
 #if defined(__linux__)
   cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    const int n = CPU_COUNT(&set);
-    if (n > 0) return n;
-  }
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) n = CPU_COUNT(&set);
 #endif
-  const unsigned n = std::thread::hardware_concurrency();
-  return n > 0 ? static_cast<int>(n) : 1;
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  return std::max(1, std::min(n, kMaxThreads));
 }
 
 int get_num_threads() { return pool().size(); }
 
 void set_num_threads(int n) {
+  n = std::min(n, kMaxThreads);
+  const int target = n > 0 ? n : default_num_threads();
+  if (target != pool().size()) pool().resize(target);  // throws with the pool unchanged
   g_requested_threads = n > 0 ? n : 0;
-  if (n <= 0) n = default_num_threads();
-  if (n == pool().size()) return;
-  pool().resize(n);
 }
+
+void set_spin_microseconds(int us) {
+  g_spin_us.store(std::max(0, std::min(us, kMaxSpinMicroseconds)), std::memory_order_relaxed);
+}
+
+int get_spin_microseconds() { return g_spin_us.load(std::memory_order_relaxed); }
 
 void run_chunks(std::size_t max_chunks, ChunkFn fn, void* ctx) { pool().run(max_chunks, fn, ctx); }
 

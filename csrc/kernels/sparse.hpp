@@ -3,7 +3,9 @@
 // Two steps, both multithreaded and bitwise independent of the thread count:
 // 1. `plan` sorts the ids of a batch (a stable LSD radix sort of (id, position), scratch O(n)),
 //    validating every id first, and returns the sorted unique rows with, for each, the positions
-//    where it occurs in their original order.
+//    where it occurs in their original order. It reads each id exactly once, into private storage
+//    where it is checked and then used: another thread that rewrites the ids during the call can at
+//    worst make the plan describe a mix of old and new ids, never a row outside the bound.
 // 2. `reduce` walks the unique rows: it sums each row's gradient from a GradSource (plain values,
 //    bag gradients or max-pool routing) in the original order of the ids, then either stores it
 //    (coalesce) or applies an optimizer update to the table and its state in the same pass, so the
@@ -27,6 +29,13 @@ struct SparsePlan {
   const std::int64_t* rows = nullptr;   // num_unique
 };
 
+// A rejected id: its flat position (-1: none) and the value that was read there (reported as
+// found: the caller must not read the ids again to print it, another thread may have rewritten it).
+struct BadId {
+  std::int64_t pos = -1;
+  std::int64_t value = 0;
+};
+
 // Scratch for `plan`, allocated by the caller (e.g. with operator new): work at least
 // kPlanWorkBytesPerId * n bytes, 8-byte aligned; order and rows n int64 each; seg n + 1 int64.
 constexpr std::int64_t kPlanWorkBytesPerId = 32;
@@ -40,12 +49,11 @@ struct PlanBuffers {
 template <class I>
 struct SparseIndexFns {
   // Checks 0 <= id < num_rows for every id (num_rows < 0: no upper bound) before anything else.
-  // Returns -1 and fills `plan` (pointing into `buffers`) on success, else the smallest bad position.
-  std::int64_t (*plan)(const I* ids, std::int64_t n, std::int64_t num_rows, const PlanBuffers& buffers,
-                       SparsePlan& plan);
+  // Fills `plan` (pointing into `buffers`) on success, else returns the smallest bad position.
+  BadId (*plan)(const I* ids, std::int64_t n, std::int64_t num_rows, const PlanBuffers& buffers, SparsePlan& plan);
   // Multi-table batches (kernels/multi.hpp layout): global[p] = row_base[t] + ids[p] for the table t
-  // of p's feature, so that one plan covers every table (table t's rows follow table t - 1's).
-  // Checks 0 <= ids[p] < num_rows[t] first: returns -1, or the smallest bad position.
+  // of p's feature, so that one plan covers every table (table t's rows follow table t - 1's). Each
+  // id is read once; checks 0 <= ids[p] < num_rows[t] first: returns -1, or the smallest bad position.
   std::int64_t (*global_ids)(const I* ids, const std::int64_t* offsets, std::int64_t num_features,
                              std::int64_t batch, const std::int64_t* feature_table, const std::int64_t* num_rows,
                              const std::int64_t* row_base, std::int64_t* global);
@@ -102,9 +110,11 @@ struct Update {
 template <class T, class I>
 struct ScatterFns {
   // target[ids[i]] += values[i] in the order of i, like np.add.at. Every id is checked before the
-  // first write: returns -1 on success, else the smallest bad position (target untouched).
-  std::int64_t (*scatter_add)(T* target, std::int64_t num_rows, std::int64_t dim, const I* ids, std::int64_t n,
-                              const T* values);
+  // first write: returns the smallest bad position (target untouched) if there is one. Each use of
+  // an id is bounds-checked again, so an id that another thread turns bad during the call is
+  // skipped, never written through.
+  BadId (*scatter_add)(T* target, std::int64_t num_rows, std::int64_t dim, const I* ids, std::int64_t n,
+                       const T* values);
 };
 
 // The gradient of a multi-table lookup (kernels/multi.hpp): bag g = f * batch + b of feature f takes
@@ -153,6 +163,8 @@ struct SparseKernels {
   const SparseFns<T>& get() const;
 };
 
+// Baseline code only: per-path translation units must not define inline functions (ci/check_odr.sh).
+#if !defined(EMBTAB_ISA_NS)
 template <> inline const SparseIndexFns<std::int32_t>& SparseKernels::index() const { return i32; }
 template <> inline const SparseIndexFns<std::int64_t>& SparseKernels::index() const { return i64; }
 template <> inline const ScatterFns<float, std::int32_t>& SparseKernels::scatter() const { return scatter_f32_i32; }
@@ -161,6 +173,7 @@ template <> inline const ScatterFns<double, std::int32_t>& SparseKernels::scatte
 template <> inline const ScatterFns<double, std::int64_t>& SparseKernels::scatter() const { return scatter_f64_i64; }
 template <> inline const SparseFns<float>& SparseKernels::get() const { return f32; }
 template <> inline const SparseFns<double>& SparseKernels::get() const { return f64; }
+#endif
 
 }  // namespace embtab
 

@@ -59,11 +59,6 @@ EMBTAB_INLINE void prefetch_row_write(const void* row, int64_t bytes) {
   for (int64_t off = 0; off < bytes; off += kCacheLine) __builtin_prefetch(p + off, 1, 3);
 }
 
-// How many rows ahead to prefetch: about 8 KiB of rows in flight per thread.
-EMBTAB_INLINE int64_t prefetch_distance(int64_t row_bytes) {
-  return max_of<int64_t>(2, min_of<int64_t>(16, 8192 / max_of<int64_t>(row_bytes, 1)));
-}
-
 EMBTAB_INLINE float sqrt_of(float x) { return __builtin_sqrtf(x); }
 EMBTAB_INLINE double sqrt_of(double x) { return __builtin_sqrt(x); }
 
@@ -75,42 +70,59 @@ EMBTAB_INLINE uint64_t id_limit(int64_t num_rows) {
   return num_rows < 0 ? (uint64_t(1) << 63) : static_cast<uint64_t>(num_rows);
 }
 
-// Checks every id; returns the smallest bad position or -1, and the range [lo, hi] of the ids.
+// Reads every id exactly once and checks it (another thread may rewrite the array meanwhile, so a
+// second read could see another value). With `copy`, the ids go there as int64 and everything
+// after works on that private copy, whose values are exactly the ones checked. Returns the first
+// bad position with the value read there (pos -1: none), and the range [lo, hi] of the ids.
 template <class I>
-int64_t scan_ids(const I* ids, int64_t n, int64_t num_rows, int64_t& lo_out, int64_t& hi_out) {
+BadId scan_ids(const I* ids, int64_t n, int64_t num_rows, int64_t* copy, int64_t& lo_out, int64_t& hi_out) {
   const uint64_t limit = id_limit(num_rows);
   const int64_t chunks = num_chunks(n, 65536);
-  int64_t bad[kMaxChunks], lo[kMaxChunks], hi[kMaxChunks];
+  BadId bad[kMaxChunks];
+  int64_t lo[kMaxChunks], hi[kMaxChunks];
   for_chunks(chunks, [&](int64_t c) {
     int64_t b, e;
     split(n, c, chunks, b, e);
     // Branch-free min/max first (vectorizes); find the position only when something is wrong.
     int64_t mn = INT64_MAX, mx = INT64_MIN;
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t v = static_cast<int64_t>(ids[i]);
-      mn = v < mn ? v : mn;
-      mx = v > mx ? v : mx;
+    if (copy) {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t v = static_cast<int64_t>(ids[i]);
+        copy[i] = v;
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+      }
+    } else {
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t v = static_cast<int64_t>(ids[i]);
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+      }
     }
-    bad[c] = -1;
+    bad[c] = BadId{};
     if (e > b && (mn < 0 || static_cast<uint64_t>(mx) >= limit)) {
-      for (int64_t i = b; i < e; ++i)
-        if (static_cast<uint64_t>(static_cast<int64_t>(ids[i])) >= limit) {
-          bad[c] = i;
+      // Without a copy this reads the ids a second time: it reports what it finds now (the value
+      // that made min/max fail may have been rewritten); callers without a copy re-check every use.
+      for (int64_t i = b; i < e; ++i) {
+        const int64_t v = copy ? copy[i] : static_cast<int64_t>(ids[i]);
+        if (static_cast<uint64_t>(v) >= limit) {
+          bad[c] = BadId{i, v};
           break;
         }
+      }
     }
     lo[c] = mn;
     hi[c] = mx;
   });
   int64_t mn = INT64_MAX, mx = INT64_MIN;
   for (int64_t c = 0; c < chunks; ++c) {
-    if (bad[c] >= 0) return bad[c];
+    if (bad[c].pos >= 0) return bad[c];
     mn = min_of(mn, lo[c]);
     mx = max_of(mx, hi[c]);
   }
   lo_out = mn;
   hi_out = mx;
-  return -1;
+  return BadId{};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,17 +216,20 @@ int64_t finish_plan(const Rec* sorted, int64_t n, int64_t lo, int64_t chunks, Ke
 }
 
 template <class I>
-int64_t plan(const I* ids, int64_t n, int64_t num_rows, const PlanBuffers& buf, SparsePlan& out) {
+BadId plan(const I* ids, int64_t n, int64_t num_rows, const PlanBuffers& buf, SparsePlan& out) {
   out.n = 0;
   out.num_unique = 0;
   out.order = buf.order;
   out.seg = buf.seg;
   out.rows = buf.rows;
   buf.seg[0] = 0;
-  if (n <= 0) return -1;
+  if (n <= 0) return BadId{};
+  // The ids are read once, into buf.rows (free until finish_plan writes the unique rows there);
+  // the sort keys are built from that copy, so every row of the plan is an id that was checked.
+  int64_t* id_copy = buf.rows;
   int64_t lo = 0, hi = 0;
-  const int64_t bad = scan_ids(ids, n, num_rows, lo, hi);
-  if (bad >= 0) return bad;
+  const BadId bad = scan_ids(ids, n, num_rows, id_copy, lo, hi);
+  if (bad.pos >= 0) return bad;
   const uint64_t span = static_cast<uint64_t>(hi) - static_cast<uint64_t>(lo);
   const int bits = span == 0 ? 0 : 64 - __builtin_clzll(span);
   const int64_t chunks = num_chunks(n, 32768);
@@ -228,8 +243,7 @@ int64_t plan(const I* ids, int64_t n, int64_t num_rows, const PlanBuffers& buf, 
       int64_t s, e;
       split(n, c, chunks, s, e);
       for (int64_t i = s; i < e; ++i)
-        a[i] = ((static_cast<uint64_t>(static_cast<int64_t>(ids[i])) - static_cast<uint64_t>(lo)) << 32) |
-               static_cast<uint64_t>(i);
+        a[i] = ((static_cast<uint64_t>(id_copy[i]) - static_cast<uint64_t>(lo)) << 32) | static_cast<uint64_t>(i);
     });
     const uint64_t* sorted =
         lsd_sort(a, b, n, bits, chunks, [](uint64_t r, int shift, uint64_t mask) { return (r >> (32 + shift)) & mask; });
@@ -242,15 +256,14 @@ int64_t plan(const I* ids, int64_t n, int64_t num_rows, const PlanBuffers& buf, 
       int64_t s, e;
       split(n, c, chunks, s, e);
       for (int64_t i = s; i < e; ++i)
-        a[i] = WideRec{static_cast<uint64_t>(static_cast<int64_t>(ids[i])) - static_cast<uint64_t>(lo),
-                       static_cast<uint64_t>(i)};
+        a[i] = WideRec{static_cast<uint64_t>(id_copy[i]) - static_cast<uint64_t>(lo), static_cast<uint64_t>(i)};
     });
     const WideRec* sorted =
         lsd_sort(a, b, n, bits, chunks, [](const WideRec& r, int shift, uint64_t mask) { return (r.key >> shift) & mask; });
     out.num_unique = finish_plan(
         sorted, n, lo, chunks, [](const WideRec& r) { return r.key; }, [](const WideRec& r) { return r.pos; }, buf);
   }
-  return -1;
+  return BadId{};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -572,13 +585,15 @@ template <class T, class Source, class Upd>
 void reduce_with(const SparsePlan& plan, const Source& source, const Upd& upd, int64_t dim) {
   const int64_t work = (plan.n + plan.num_unique) * max_of<int64_t>(dim, 1);
   const int64_t chunks = num_chunks(work, 32768);
+  // A cache-line aligned row per chunk for the summed gradient, allocated before the first write:
+  // an allocation failure then leaves the table and its state untouched (no half-applied step).
+  const int64_t stride = Upd::kStore ? 0 : dim + kCacheLine;
+  Scratch<T> buf(chunks * stride);
   for_chunks(chunks, [&](int64_t c) {
     const int64_t k0 = bag_chunk_begin(plan.seg, plan.num_unique, c, chunks);
     const int64_t k1 = bag_chunk_begin(plan.seg, plan.num_unique, c + 1, chunks);
     if (k0 >= k1) return;
-    // A cache-line aligned row for the summed gradient.
-    Scratch<T> buf(Upd::kStore ? 0 : dim + kCacheLine);
-    T* row = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(buf.p) + kCacheLine - 1) &
+    T* row = reinterpret_cast<T*>((reinterpret_cast<std::uintptr_t>(buf.p + c * stride) + kCacheLine - 1) &
                                   ~static_cast<std::uintptr_t>(kCacheLine - 1));
     EMBTAB_DISPATCH_DIM(dim, reduce_range<D>(plan, source, upd, k0, k1, dim, row));
   });
@@ -696,57 +711,60 @@ constexpr int64_t kScatterBuckets = 4096;
 template <int D, class T, class I>
 void scatter_owned(T* EMBTAB_RESTRICT target, int64_t dim, const I* EMBTAB_RESTRICT ids, int64_t n,
                    const T* EMBTAB_RESTRICT values, int64_t row_lo, int64_t row_hi) {
+  // [row_lo, row_hi) lies inside the table and every id is tested against it where it is used, in
+  // unsigned arithmetic (no overflow for any id): ids rewritten after the check cannot escape.
   const uint64_t width = static_cast<uint64_t>(row_hi - row_lo);
+  const uint64_t lo = static_cast<uint64_t>(row_lo);
   const int64_t row_bytes = dim * int64_t(sizeof(T));
   const int64_t ahead = prefetch_distance(row_bytes) * 2;
   for (int64_t i = 0; i < n; ++i) {
     if (i + ahead < n) {
       const int64_t next = static_cast<int64_t>(ids[i + ahead]);
-      if (static_cast<uint64_t>(next - row_lo) < width) {
+      if (static_cast<uint64_t>(next) - lo < width) {
         prefetch_row_write(target + next * dim, row_bytes);
         prefetch_row(values + (i + ahead) * dim, row_bytes);
       }
     }
     const int64_t id = static_cast<int64_t>(ids[i]);
-    if (static_cast<uint64_t>(id - row_lo) < width) row_add<D>(target + id * dim, values + i * dim, dim);
+    if (static_cast<uint64_t>(id) - lo < width) row_add<D>(target + id * dim, values + i * dim, dim);
   }
 }
 
 template <class T, class I>
-int64_t scatter_add(T* target, int64_t num_rows, int64_t dim, const I* ids, int64_t n, const T* values) {
-  if (n <= 0) return -1;
+BadId scatter_add(T* target, int64_t num_rows, int64_t dim, const I* ids, int64_t n, const T* values) {
+  if (n <= 0) return BadId{};
   const int64_t owners = num_chunks(n * max_of<int64_t>(dim, 1), 65536);
   if (owners <= 1 || num_rows <= 1) {
     int64_t lo, hi;
-    const int64_t bad = scan_ids(ids, n, num_rows, lo, hi);
-    if (bad >= 0 || dim <= 0) return bad;
+    const BadId bad = scan_ids(ids, n, num_rows, static_cast<int64_t*>(nullptr), lo, hi);
+    if (bad.pos >= 0 || dim <= 0) return bad;
     EMBTAB_DISPATCH_DIM(dim, scatter_owned<D>(target, dim, ids, n, values, 0, num_rows));
-    return -1;
+    return BadId{};
   }
   int shift = 0;
   while (((num_rows - 1) >> shift) >= kScatterBuckets) ++shift;
   const int64_t buckets = ((num_rows - 1) >> shift) + 1;
   const uint64_t limit = static_cast<uint64_t>(num_rows);
   Scratch<int64_t> hist(owners * buckets);
-  int64_t bad[kMaxChunks];
+  BadId bad[kMaxChunks];
   for_chunks(owners, [&](int64_t c) {
     int64_t* h = hist.p + c * buckets;
     for (int64_t t = 0; t < buckets; ++t) h[t] = 0;
     int64_t b, e;
     split(n, c, owners, b, e);
-    bad[c] = -1;
+    bad[c] = BadId{};
     for (int64_t i = b; i < e; ++i) {
       const int64_t id = static_cast<int64_t>(ids[i]);
       if (static_cast<uint64_t>(id) >= limit) {
-        bad[c] = i;
+        bad[c] = BadId{i, id};
         break;
       }
       ++h[id >> shift];
     }
   });
   for (int64_t c = 0; c < owners; ++c)
-    if (bad[c] >= 0) return bad[c];
-  if (dim <= 0) return -1;
+    if (bad[c].pos >= 0) return bad[c];
+  if (dim <= 0) return BadId{};
   // Owner o gets the buckets from the first one where the running count reaches o * n / owners.
   int64_t first_row[kMaxChunks + 1];
   first_row[0] = 0;
@@ -761,7 +779,7 @@ int64_t scatter_add(T* target, int64_t num_rows, int64_t dim, const I* ids, int6
     const int64_t r0 = min_of(first_row[c], num_rows), r1 = min_of(first_row[c + 1], num_rows);
     if (r0 < r1) EMBTAB_DISPATCH_DIM(dim, scatter_owned<D>(target, dim, ids, n, values, r0, r1));
   });
-  return -1;
+  return BadId{};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ subword n-grams, for whole arrays and lists of keys at once."""
 
 from __future__ import annotations
 
-import operator
 from typing import Any, Sequence, Tuple, Union
 
 import numpy as np
@@ -11,32 +10,18 @@ from numpy.typing import NDArray
 
 from . import _core
 
-Key = Union[str, bytes]
+Key = Union[str, bytes, bytearray, memoryview]
 #: What the hash functions accept: a numpy integer, bytes ('S'), str ('U') or object array, a
-#: list or tuple of str / bytes, or a single key.
+#: list or tuple of str / bytes / bytearray / memoryview, or a single key.
 Keys = Union[NDArray[Any], Sequence[Key], Key, int, np.integer]
 
-_UINT32_LIMIT = 2**32
-
-
-def _check_seed(seed: Any) -> int:
-    seed = operator.index(seed)
-    if not 0 <= seed < _UINT32_LIMIT:
-        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    return seed
-
-
-def _check_count(value: Any, name: str) -> int:
-    """A count >= 1; values above 2**32 act like 2**32 (a 32-bit hash is already below it)."""
-    value = operator.index(value)
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return min(value, _UINT32_LIMIT)
+# One key that is not a sequence of keys (bytes-like objects are iterable, numpy arrays are not keys).
+_SINGLE_KEY_TYPES = (str, bytes, bytearray, memoryview)
 
 
 def _as_keys(keys: Any, allow_ints: bool) -> Tuple[Any, bool]:
     """(what the compiled layer takes, whether `keys` was a single key)."""
-    if isinstance(keys, (str, bytes)):
+    if isinstance(keys, _SINGLE_KEY_TYPES):
         return [keys], True
     if isinstance(keys, (np.ndarray, list, tuple)):
         return keys, False
@@ -48,7 +33,7 @@ def _as_keys(keys: Any, allow_ints: bool) -> Tuple[Any, bool]:
         # Like sklearn.utils.murmurhash3_32(int): the key is the int's 4 little-endian bytes.
         if -(2**31) <= keys < 2**31:
             return np.array([keys], dtype=np.int32), True
-        if 2**31 <= keys < _UINT32_LIMIT:
+        if 2**31 <= keys < 2**32:
             return np.array([keys], dtype=np.uint32), True
         raise OverflowError(
             f"a Python int key is hashed as 4 bytes and must be in [-2**31, 2**32), got {keys}; "
@@ -74,10 +59,16 @@ def murmur3_32(keys: Keys, seed: int = 0, *, signed: bool = False) -> Union[NDAr
           uint32 as 4 bytes, which matches ``sklearn.utils.murmurhash3_32`` on int32 arrays;
           int64 / uint64 as 8 bytes; int8 / int16 as 1 / 2 bytes);
         - a numpy bytes (``S``) or str (``U``) array: each value without numpy's trailing NUL
-          padding, str encoded as UTF-8; an object array of str / bytes;
-        - a list or tuple of ``str`` (hashed as UTF-8) and / or ``bytes``;
-        - a single ``str``, ``bytes``, numpy integer or Python int (a Python int is hashed as 4
-          bytes, like ``sklearn.utils.murmurhash3_32(int)``): the result is then a Python int.
+          padding, str encoded as UTF-8; an object array of keys;
+        - a list or tuple of ``str`` (hashed as UTF-8), ``bytes``, ``bytearray`` and / or
+          C-contiguous ``memoryview`` (their raw bytes, as mmh3's buffer functions such as
+          ``mmh3.mmh3_32_uintdigest`` take them);
+        - a single ``str``, ``bytes``, ``bytearray``, ``memoryview``, numpy integer or Python int
+          (a Python int is hashed as 4 bytes, like ``sklearn.utils.murmurhash3_32(int)``): the
+          result is then a Python int.
+
+        The keys are read once, before hashing starts: another thread may change a list or a
+        ``bytearray`` meanwhile without affecting the result.
     seed : int in [0, 2**32)
     signed : bool
         Return int32 (as ``mmh3.hash(key, seed)``) instead of uint32.
@@ -90,13 +81,12 @@ def murmur3_32(keys: Keys, seed: int = 0, *, signed: bool = False) -> Union[NDAr
     Raises
     ------
     TypeError
-        Float or bool arrays, or a list item that is not str / bytes (its position is named).
+        Float or bool arrays, or a list item that is not a key (its position is named).
     UnicodeEncodeError
         A str holding a lone surrogate (the reason names its position).
     ValueError
-        ``seed`` outside [0, 2**32).
+        ``seed`` outside [0, 2**32); a ``memoryview`` that is not C-contiguous or was released.
     """
-    seed = _check_seed(seed)
     prepared, single = _as_keys(keys, allow_ints=True)
     out = _core.murmur3_32(prepared, seed)
     if signed:
@@ -104,16 +94,22 @@ def murmur3_32(keys: Keys, seed: int = 0, *, signed: bool = False) -> Union[NDAr
     return int(out[0]) if single else out
 
 
-def murmur3_128(keys: Keys, seed: int = 0) -> Union[NDArray[np.uint64], Tuple[int, int]]:
-    """MurmurHash3_x64_128 of each key: ``(h1, h2)`` as in ``mmh3.hash64(key, seed, signed=False)``.
+def murmur3_128(keys: Keys, seed: int = 0, *, x64arch: bool = True) -> Union[NDArray[np.uint64], Tuple[int, int]]:
+    """MurmurHash3_x64_128 (or x86_128) of each key: ``(h1, h2)`` as in
+    ``mmh3.hash64(key, seed, x64arch=x64arch, signed=False)``.
 
-    The 16-byte digest of the reference (``mmh3.hash_bytes``) is ``h1`` then ``h2``, each
-    little-endian. Keys are interpreted as in :func:`murmur3_32`.
+    ``h1`` and ``h2`` are the two little-endian halves of the reference's 16-byte digest
+    (``mmh3.hash_bytes(key, seed, x64arch)``): ``out.astype("<u8").tobytes()`` gives the digests,
+    and ``h1 | (h2 << 64)`` is ``mmh3.hash128(key, seed, x64arch)``. Keys are interpreted as in
+    :func:`murmur3_32`.
 
     Parameters
     ----------
     keys : array_like or str or bytes or int
     seed : int in [0, 2**32)
+    x64arch : bool
+        True: MurmurHash3_x64_128 (mmh3's default); False: MurmurHash3_x86_128, the variant
+        optimised for 32-bit machines (a different hash, not a different encoding).
 
     Returns
     -------
@@ -125,9 +121,8 @@ def murmur3_128(keys: Keys, seed: int = 0) -> Union[NDArray[np.uint64], Tuple[in
     TypeError, UnicodeEncodeError, ValueError
         As :func:`murmur3_32`.
     """
-    seed = _check_seed(seed)
     prepared, single = _as_keys(keys, allow_ints=True)
-    out = _core.murmur3_128(prepared, seed)
+    out = _core.murmur3_128(prepared, seed, bool(x64arch))
     if single:
         return int(out[0, 0]), int(out[0, 1])
     return out
@@ -156,8 +151,6 @@ def hash_buckets(keys: Keys, num_buckets: int, *, seed: int = 0) -> Union[NDArra
     ValueError
         ``num_buckets < 1`` or ``seed`` outside [0, 2**32).
     """
-    num_buckets = _check_count(num_buckets, "num_buckets")
-    seed = _check_seed(seed)
     prepared, single = _as_keys(keys, allow_ints=True)
     out = _core.hash_buckets(prepared, num_buckets, seed)
     return int(out[0]) if single else out
@@ -167,16 +160,16 @@ def _is_documents(tokens: Any) -> bool:
     if not isinstance(tokens, (list, tuple)) or len(tokens) == 0:
         return False
     first = tokens[0]
-    return not isinstance(first, (str, bytes)) and hasattr(first, "__iter__")
+    return not isinstance(first, _SINGLE_KEY_TYPES) and hasattr(first, "__iter__")
 
 
 def feature_hash(
-    tokens: Any, n_features: int = 2**20, *, alternate_sign: bool = True
+    tokens: Any, n_features: int = 2**20, *, alternate_sign: bool = True, seed: int = 0
 ) -> Union[Tuple[NDArray[np.int64], NDArray[np.float32]], Tuple[NDArray[np.int64], NDArray[np.float32], NDArray[np.int64]]]:
     """Column and sign of each token, bit-identical to scikit-learn's
     ``FeatureHasher(n_features, input_type="string", alternate_sign=...)``.
 
-    Per token, ``h = murmur3_32(token, 0, signed=True)``; the column is ``abs(h) % n_features``
+    Per token, ``h = murmur3_32(token, seed, signed=True)``; the column is ``abs(h) % n_features``
     (``h = -2**31`` gives ``2**31 % n_features``, as in scikit-learn) and the sign is -1 where
     ``h < 0`` when ``alternate_sign``, else +1. scikit-learn then adds up the values of repeated
     columns in a document; here each token keeps its own entry, ready for
@@ -185,9 +178,14 @@ def feature_hash(
     Parameters
     ----------
     tokens : list of str / bytes, numpy 'U' / 'S' array, or list of documents
-        A flat sequence of tokens, or a list of documents (each a list or tuple of str / bytes).
+        A flat sequence of tokens (keys as in :func:`murmur3_32`), or a list of documents (each a
+        list, tuple or other iterable of tokens). Documents are read in order, each as it is when
+        its turn comes, as a Python loop over them would.
     n_features : int >= 1
     alternate_sign : bool
+    seed : int in [0, 2**32)
+        The seed of the hash. scikit-learn always uses 0 (the default); another seed gives an
+        independent hashing, e.g. for a second hash of the same tokens.
 
     Returns
     -------
@@ -200,20 +198,19 @@ def feature_hash(
     Raises
     ------
     TypeError
-        Tokens that are not str / bytes (position named), integer or float arrays.
+        Tokens that are not keys (position named), integer or float arrays.
     UnicodeEncodeError
         A str holding a lone surrogate.
     ValueError
-        ``n_features < 1``.
+        ``n_features < 1``, ``seed`` outside [0, 2**32).
     """
-    n_features = _check_count(n_features, "n_features")
-    if isinstance(tokens, (str, bytes)):
+    if isinstance(tokens, _SINGLE_KEY_TYPES):
         raise TypeError("tokens must be a list of str / bytes (or of documents), got a single " + type(tokens).__name__)
     documents = _is_documents(tokens)
     if not documents and not isinstance(tokens, (np.ndarray, list, tuple)):
         tokens, _ = _as_keys(tokens, allow_ints=False)
         documents = _is_documents(tokens)
-    return tuple(_core.feature_hash(tokens, n_features, bool(alternate_sign), documents))  # type: ignore[return-value]
+    return tuple(_core.feature_hash(tokens, n_features, bool(alternate_sign), seed, documents))  # type: ignore[return-value]
 
 
 def fasttext_hash(strings: Any) -> Union[NDArray[np.uint32], int]:
@@ -225,7 +222,7 @@ def fasttext_hash(strings: Any) -> Union[NDArray[np.uint32], int]:
 
     Parameters
     ----------
-    strings : list of str / bytes, numpy 'U' / 'S' array, or a single str / bytes
+    strings : list of keys, numpy 'U' / 'S' array, or a single key (str, bytes, bytearray, memoryview)
 
     Returns
     -------
@@ -249,15 +246,20 @@ def subword_ngrams(
     Each word is wrapped as ``"<" + word + ">"``; every n-gram of ``minn <= n <= maxn``
     characters (UTF-8 characters: a multi-byte character is never split) gets the id
     ``offset + fasttext_hash(ngram) % bucket``, in fastText's order (by start, then by length).
-    As in fastText, a 1-character n-gram at the start ("<") or the end (">") is skipped. With
-    ``offset`` = the number of words in a fastText model's dictionary, the ids are the rows of its
-    input matrix that ``model.get_subwords(word)`` reports (without the word's own id).
+    As in fastText, a 1-character n-gram at the start ("<") or the end (">") is skipped, and the
+    end-of-sentence word ``"</s>"`` has no n-grams at all. With ``offset`` = the number of words in
+    a fastText model's dictionary, the ids are the rows of its input matrix that
+    ``model.get_subwords(word)`` reports (without the word's own id).
 
     Parameters
     ----------
-    words : list of str / bytes, numpy 'U' / 'S' array (flattened), or a single str / bytes
-    minn, maxn : int, 1 <= minn <= maxn
-    bucket : int >= 1
+    words : list of keys, numpy 'U' / 'S' array (flattened), or a single key
+    minn, maxn : int
+        The n-gram lengths, ``minn <= maxn``. As in fastText, ``maxn = 0`` means no n-grams (its
+        setting ``-minn 0 -maxn 0`` for models without subwords), and ``minn = 0`` with ``maxn > 0``
+        acts as ``minn = 1``.
+    bucket : int >= 0
+        Number of n-gram buckets; 0 means no n-grams (fastText sets it to 0 when it has none).
     offset : int >= 0
 
     Returns
@@ -271,21 +273,8 @@ def subword_ngrams(
     TypeError, UnicodeEncodeError
         As :func:`fasttext_hash`.
     ValueError
-        ``minn < 1``, ``minn > maxn``, ``bucket < 1`` or ``offset < 0``.
+        A negative ``minn``, ``maxn``, ``bucket`` or ``offset``; ``0 < maxn < minn``.
     """
-    minn = operator.index(minn)
-    maxn = operator.index(maxn)
-    if minn < 1:
-        raise ValueError(f"minn must be >= 1, got {minn}")
-    if minn > maxn:
-        raise ValueError(f"maxn must be >= minn, got minn={minn}, maxn={maxn}")
-    minn, maxn = min(minn, 2**30), min(maxn, 2**30)  # no word is that long; keeps them C ints
-    bucket = _check_count(bucket, "bucket")
-    offset = operator.index(offset)
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
-    if offset + bucket > 2**63 - 1:
-        raise ValueError(f"offset + bucket must fit in int64, got offset={offset}")
     prepared, _ = _as_keys(words, allow_ints=False)
     if isinstance(prepared, np.ndarray) and prepared.ndim != 1:
         prepared = prepared.reshape(-1)

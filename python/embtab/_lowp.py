@@ -10,18 +10,15 @@ table's bytes read.
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core
-from ._arrays import aligned_empty, as_ids
+from ._arrays import aligned_empty
 
 __all__ = ["BFloat16Table", "QuantizedTable", "quantize_rows", "to_bfloat16"]
-
-_FORMATS = ("float16", "bfloat16", "int8")
-
 
 class BFloat16Table:
     """A table of bfloat16 values, stored as their uint16 bit patterns (numpy has no bfloat16).
@@ -154,10 +151,19 @@ class QuantizedTable:
         """The float32 table the codes stand for: ``fma(data, scale[:, None], bias[:, None])``,
         rounded once (what :func:`embtab.gather` returns for every row)."""
         num_rows = self.shape[0]
-        return _core.lowp_gather((self.data, self.params), np.arange(num_rows, dtype=np.int64), None, "int8")
+        return _core.gather((self.data, self.params), np.arange(num_rows, dtype=np.int64), None, "raise", None,
+                            self.dtype)
 
     def __repr__(self) -> str:
         return f"QuantizedTable(shape={self.shape}, bits={self.bits})"
+
+
+def _as_float32(x: ArrayLike) -> Any:
+    """An array; float16 / float64 ones converted to float32 (the compiled layer checks the rest)."""
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f" and arr.dtype != np.float32:
+        return arr.astype(np.float32)
+    return arr
 
 
 def to_bfloat16(x: ArrayLike) -> BFloat16Table:
@@ -181,13 +187,7 @@ def to_bfloat16(x: ArrayLike) -> BFloat16Table:
     ValueError
         ``x`` is not 2-D.
     """
-    arr = np.asarray(x)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"x must be a float array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"x must be 2-D (num_rows, dim), got shape {arr.shape}")
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
+    arr = _as_float32(x)
     return BFloat16Table(_core.to_bfloat16_bits(arr, aligned_empty(arr.shape, np.uint16)))
 
 
@@ -221,65 +221,29 @@ def quantize_rows(table: ArrayLike, bits: int = 8) -> QuantizedTable:
     bits = operator.index(bits)
     if bits != 8:
         raise ValueError(f"bits must be 8, got {bits}")
-    arr = np.asarray(table)
-    if arr.dtype.kind != "f":
-        raise TypeError(f"table must be a float array, got dtype {arr.dtype}")
-    if arr.ndim != 2:
-        raise ValueError(f"table must be 2-D (num_rows, dim), got shape {arr.shape}")
-    if arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
+    arr = _as_float32(table)
     quantized = QuantizedTable.__new__(QuantizedTable)
-    quantized._allocate(*arr.shape)
+    # (A table that is not 2-D gets outputs it never fills: the compiled layer refuses the table.)
+    quantized._allocate(*(arr.shape + (0, 0))[:2])
     _core.quantize_rows_8bit(arr, quantized.data, quantized.params)
     return quantized
 
 
-LowpTable = Union[BFloat16Table, QuantizedTable, NDArray[Any]]
+def storage(table: Any) -> Tuple[Any, Optional[str]]:
+    """What the compiled lookups take for ``table``: the stored arrays (a BFloat16Table's bits, a
+    QuantizedTable's pair (codes, params), anything else as it is) and the dtype that a table
+    object declares (None for arrays: the compiled layer reads theirs, and checks everything)."""
+    if isinstance(table, BFloat16Table):
+        return table.data, table.dtype
+    if isinstance(table, QuantizedTable):
+        return (table.data, table.params), table.dtype
+    return table, None
 
 
-def handles(table: Any, dtype: Optional[str]) -> bool:
-    """True when ``embtab.gather``/``gather_bags`` should route ``table`` here."""
-    if dtype is not None or isinstance(table, (BFloat16Table, QuantizedTable)):
-        return True
-    return isinstance(table, np.ndarray) and table.dtype in (np.float16, np.uint16)
-
-
-def _storage(table: Any, dtype: Optional[str]) -> Tuple[Any, str]:
-    """The stored array and its format name for the compiled layer."""
-    if dtype is not None and dtype not in _FORMATS:
-        raise ValueError(f"dtype must be None, 'float16', 'bfloat16' or 'int8', got {dtype!r}")
-    if isinstance(table, (BFloat16Table, QuantizedTable)):
-        if dtype is not None and dtype != table.dtype:
-            raise ValueError(f"dtype={dtype!r} does not match a {type(table).__name__} (dtype {table.dtype!r})")
-        return (table.data if isinstance(table, BFloat16Table) else (table.data, table.params)), table.dtype
-    if not isinstance(table, np.ndarray):
-        raise TypeError(f"table must be a numpy array, a BFloat16Table or a QuantizedTable, got {type(table).__name__}")
-    if dtype is None:
-        if table.dtype == np.uint16:
-            raise TypeError("a uint16 table needs dtype='bfloat16' (embtab stores bfloat16 values as uint16 bits)")
-        dtype = "float16"
-    if dtype == "int8":
-        raise TypeError("an 8-bit table must be a QuantizedTable (see embtab.quantize_rows)")
-    return table, dtype
-
-
-def _weights(weights: Any) -> Any:
+def as_weights(weights: Any, table: Any) -> Any:
+    """Per-id weights as an array: lists become arrays of the lookup's result dtype (float64 for a
+    float64 table, float32 for every other format); arrays pass untouched (their dtype is checked)."""
     if weights is None or isinstance(weights, np.ndarray):
         return weights
-    return np.asarray(weights, dtype=np.float32)
-
-
-def gather(table: Any, ids: ArrayLike, *, out: Optional[NDArray[np.float32]] = None,
-           dtype: Optional[str] = None, bounds: str = "raise") -> Any:
-    storage, fmt = _storage(table, dtype)
-    return _core.lowp_gather(storage, as_ids(ids), out, fmt, bounds)
-
-
-def gather_bags(table: Any, ids: ArrayLike, offsets: Optional[ArrayLike] = None, *, mode: str = "sum",
-                weights: Optional[ArrayLike] = None, out: Optional[NDArray[np.float32]] = None,
-                return_argmax: bool = False, dtype: Optional[str] = None, bounds: str = "raise") -> Any:
-    storage, fmt = _storage(table, dtype)
-    if offsets is not None:
-        offsets = as_ids(offsets)
-    return _core.lowp_gather_bags(storage, as_ids(ids), offsets, mode, _weights(weights), out, return_argmax, fmt,
-                                  bounds)
+    double = isinstance(table, np.ndarray) and table.dtype == np.float64
+    return np.asarray(weights, dtype=np.float64 if double else np.float32)

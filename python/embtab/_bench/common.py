@@ -22,11 +22,13 @@ class Config:
     bag_len: int = 20
     seed: int = 0
     id_batches: int = 4  # batches of ids per lookup case; each call takes the next (see IdBatches)
+    onehot_ids: int = 512  # ids per one-hot product (a batch of one-hot rows, times the table)
 
     @classmethod
     def make(cls, quick: bool) -> "Config":
         if quick:
-            return cls(quick=True, num_rows=20_000, dim=128, gather_ids=20_000, num_bags=1_000, bag_len=20, id_batches=2)
+            return cls(quick=True, num_rows=20_000, dim=128, gather_ids=20_000, num_bags=1_000, bag_len=20, id_batches=2,
+                       onehot_ids=32)
         return cls()
 
 

@@ -1,4 +1,5 @@
-"""Forward lookups: gather and pooled bags against numpy (take, take + reduceat) and torch."""
+"""Forward lookups: gather and pooled bags against numpy (take, take + reduceat) and torch; and the
+lookup against the product it replaces, a batch of one-hot rows times the table."""
 
 from __future__ import annotations
 
@@ -106,4 +107,38 @@ def cases(config: Config) -> List[Case]:
             case.peer_checks["torch"] = assert_close
     for case in out:
         case.batches = b
+    return out + onehot_cases(config, rng)
+
+
+# Vocabularies of the one-hot cases.
+ONEHOT_VOCABULARIES = (10_000, 100_000)
+
+
+def onehot_cases(config: Config, rng: np.random.Generator) -> List[Case]:
+    """Why a lookup replaces the product: the textbook embedding of a word is its one-hot row vector
+    times the table, ``onehot(ids) @ table`` (every row of the product but one is multiplied by 0).
+    The same rows by ``gather``, against numpy's BLAS matmul on the dense one-hot matrix and, with
+    scipy, against a CSR one-hot matrix times the table. The one-hot matrices are built once, outside
+    the timing; the products equal the gathered rows exactly (checked before timing)."""
+    sparse = optional_import("scipy.sparse")
+    out: List[Case] = []
+    n = config.onehot_ids
+    for vocab in ONEHOT_VOCABULARIES:
+        table = rng.standard_normal((vocab, config.dim), dtype=np.float32)
+        ids = rng.integers(0, vocab, n)
+        dense = np.zeros((n, vocab), np.float32)
+        dense[np.arange(n), ids] = 1.0
+        label = f"{vocab // 1000}k"
+        sizes = f"{n} ids, vocabulary {vocab:,} x {config.dim} f32"
+        gather = (lambda table=table, ids=ids: embtab.gather(table, ids))
+        out.append(Case(name=f"onehot_matmul_{label}", sizes=sizes + f", dense one-hot {dense.nbytes / 2**20:.0f} MB",
+                        run=gather, baseline=(lambda dense=dense, table=table: dense @ table),
+                        baseline_name="onehot @ table (BLAS)", check=assert_equal,
+                        items=n, item_unit="ids"))
+        if sparse is not None:
+            csr = sparse.csr_matrix((np.ones(n, np.float32), ids, np.arange(n + 1)), shape=(n, vocab))
+            out.append(Case(name=f"onehot_csr_{label}", sizes=sizes + ", CSR one-hot",
+                            run=gather, baseline=(lambda csr=csr, table=table: csr @ table),
+                            baseline_name="scipy CSR onehot @ table", check=assert_equal,
+                            items=n, item_unit="ids"))
     return out

@@ -79,7 +79,7 @@ WARMUP_CALLS = 4
 def measure_interleaved(fns: Dict[str, Any], repeats: int, warmup: int = WARMUP_CALLS,
                         before: Optional[Any] = None) -> Dict[str, List[float]]:
     """Times each function `repeats` times after `warmup` untimed calls (the steady state: buffers
-    allocated, embtab's prefetch tuner settled), in rounds (one call of each per round), so that a
+    allocated, caches and page tables warm), in rounds (one call of each per round), so that a
     change in the machine's speed during the run (a noisy neighbour on a VM, a frequency step)
     weighs on every implementation alike instead of on whichever ran then. Functions that take over
     a second a call get one warm-up call and stop after 3 repeats, to keep the run short. `before`,

@@ -77,7 +77,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def hyperparameters(self) -> Dict[str, Any]:
         return {k: v for k, v in vars(self.optimizers[0]).items()
-                if isinstance(v, (int, float, tuple)) and not isinstance(v, bool)}
+                if not k.startswith("_") and isinstance(v, (int, float, tuple)) and not isinstance(v, bool)}
 
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
         return closure() if closure is not None else None
@@ -137,7 +137,9 @@ class OptimizerState(nn.Module):
 
     def get_extra_state(self) -> Dict[str, Any]:
         opt = self._fused.optimizers[self._index]
-        scalars = {k: v for k, v in opt.state.items() if not isinstance(v, np.ndarray)}
+        # The step count is a 0-d array (advanced by the compiled step): kept as an int.
+        scalars = {k: (v.item() if isinstance(v, np.ndarray) else v) for k, v in opt.state.items()
+                   if not (isinstance(v, np.ndarray) and v.ndim > 0)}
         return {"optimizer": type(opt).__name__, "scalars": scalars, "param_group": dict(
             (k, self._fused.param_groups[0][k]) for k in self._fused.defaults)}
 
