@@ -289,13 +289,21 @@ py::array check_step_count(const py::object& obj) {
   return a;
 }
 
+// An optimizer's table: a float32 / float64, 2-D array that can be updated in place. The
+// optimizers check it at construction with this (embtab.optim), each step again.
+py::array check_optim_table(const py::handle& table_obj) {
+  py::array table = require_array(table_obj, "table");
+  require_float(table, "table");
+  require_ndim(table, 2, "table");
+  require_in_place(table, table.dtype(), "table", "float32 or float64");
+  return table;
+}
+
 OptimTable check_optim(const std::string& kind_name, const py::handle& table_obj, const py::object& state1_obj,
                        const py::object& state2_obj, const py::object& step_obj) {
   const UpdateKind update = parse_update(kind_name);
-  py::array table = require_array(table_obj, "table");
+  py::array table = check_optim_table(table_obj);
   const FloatKind kind = require_float(table, "table");
-  require_ndim(table, 2, "table");
-  require_in_place(table, table.dtype(), "table", "float32 or float64");
   const std::int64_t num_rows = table.shape(0), dim = table.shape(1);
   auto state = [&](const py::object& obj, const char* name, const Shape& shape) {
     py::array a = require_array(obj, name);
@@ -544,6 +552,8 @@ void register_sparse(py::module_& m) {
   m.def("bags_grad", &bags_grad, py::arg("grad_out"), py::arg("ids"), py::arg("offsets") = py::none(),
         py::arg("mode") = "sum", py::arg("weights") = py::none(), py::arg("argmax") = py::none(),
         py::arg("num_rows") = -1, "Coalesced gradient of gather_bags; see embtab.gather_bags_grad.");
+  m.def("check_optim_table", &check_optim_table, py::arg("table"),
+        "The table of an optimizer, checked (TypeError / ValueError); see embtab.optim.");
   m.def("optim_step", &optim_step, py::arg("kind"), py::arg("table"), py::arg("state1"), py::arg("state2"),
         py::arg("ids"), py::arg("grads"), py::arg("lr"), py::arg("eps") = 0.0, py::arg("beta1") = 0.0,
         py::arg("beta2") = 0.0, py::arg("weight_decay") = 0.0, py::arg("bias_correction2") = 1.0,

@@ -61,6 +61,7 @@ def bags_grad(
     argmax: Any = ...,
     num_rows: int = ...,
 ) -> Tuple[NDArray[Any], NDArray[Any]]: ...
+def check_optim_table(table: Any) -> NDArray[Any]: ...
 def optim_step(
     kind: str,
     table: NDArray[Any],

@@ -66,18 +66,9 @@ __all__ = ["SGD", "Adagrad", "RowWiseAdagrad", "Adam", "AdamW", "step_bags_multi
 
 
 def _check_table(table: Any) -> NDArray[np.floating]:
+    """The table, checked by the compiled layer (which checks it again at each step)."""
     table = as_array(table, "table")  # a torch tensor's (or other DLPack array's) memory, shared
-    if not isinstance(table, np.ndarray):
-        raise TypeError(f"table must be a numpy array, got {type(table).__name__}")
-    if table.dtype not in (np.float32, np.float64) or not table.dtype.isnative:
-        raise TypeError(f"table must have dtype float32 or float64, got {table.dtype}")
-    if table.ndim != 2:
-        raise ValueError(f"table must be 2-D (num_rows, dim), got shape {table.shape}")
-    if not table.flags.c_contiguous:
-        raise ValueError("table must be C-contiguous (it is updated in place, never copied)")
-    if not table.flags.writeable:
-        raise ValueError("table is read-only (it is updated in place)")
-    return table
+    return _core.check_optim_table(table)  # type: ignore[no-any-return]
 
 
 # Every optimizer's step lock, renewed in a forked child: a thread of the parent may have held one
