@@ -445,7 +445,7 @@ def test_fasttext_hash_matches_reference(each_path_and_threads: tuple) -> None:
     np.testing.assert_array_equal(embtab.fasttext_hash(raw), [fnv1a_fasttext(b) for b in raw])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def subword_case(minn: int, maxn: int) -> Tuple[List[str], np.ndarray, np.ndarray]:
     """Words and their reference ids (bucket 2,000,000, offset 17), computed once per (minn, maxn)."""
     words = mixed_words(np.random.default_rng(minn * 10 + maxn), 5000)

@@ -71,7 +71,7 @@ class I8Reference(np.ndarray):
     parts: Any = None
 
     @classmethod
-    def of(cls, codes: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> "I8Reference":
+    def of(cls, codes: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> I8Reference:
         ref = dequant_reference(codes, scale, bias).view(cls)
         ref.parts = (codes, np.asarray(scale, np.float32), np.asarray(bias, np.float32))
         return ref
@@ -82,7 +82,7 @@ class I8Reference(np.ndarray):
             return I8Reference.of(codes[index], scale[index], bias[index])
         return np.asarray(self)[index]
 
-    def padded(self) -> "I8Reference":
+    def padded(self) -> I8Reference:
         """With one more row: a stored row of zero bytes (codes, scale and bias 0)."""
         codes, scale, bias = self.parts
         zero = np.zeros(1, np.float32)

@@ -14,7 +14,6 @@ import pytest
 
 import embtab
 
-
 # Under ci/sanitize.sh: ASan keeps freed memory in quarantine and needs room to map its own.
 UNDER_ASAN = "asan" in os.environ.get("LD_PRELOAD", "")
 

@@ -262,13 +262,13 @@ def _npy_header(dtype: np.dtype, shape: Tuple[int, ...]) -> bytes:
     raise ValueError(f"array shape {shape} is too long for a .npy header")  # pragma: no cover
 
 
-def _write_all(fd: int, data: "memoryview | bytes") -> None:
+def _write_all(fd: int, data: memoryview | bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
-def _create_file(dirfd: int, name: str, chunks: Iterator["memoryview | bytes"]) -> Tuple[int, str]:
+def _create_file(dirfd: int, name: str, chunks: Iterator[memoryview | bytes]) -> Tuple[int, str]:
     """Write a new file (fsynced); its size and SHA-256."""
     fd = os.open(name, _CREATE_FILE, 0o644, dir_fd=dirfd)
     try:
@@ -291,7 +291,7 @@ def _create_file(dirfd: int, name: str, chunks: Iterator["memoryview | bytes"]) 
     return size, digest.hexdigest()
 
 
-def _array_chunks(header: bytes, array: np.ndarray) -> Iterator["memoryview | bytes"]:
+def _array_chunks(header: bytes, array: np.ndarray) -> Iterator[memoryview | bytes]:
     yield header
     flat = memoryview(array.reshape(-1).view(np.uint8))
     for start in range(0, len(flat), _CHUNK):
@@ -474,7 +474,7 @@ def _save_locked(dirfd: int, plan: _Plan) -> None:
     _remove_leftovers(dirfd, keep=snap)
 
 
-def save(path: "os.PathLike[str] | str", /, **named: Any) -> None:
+def save(path: os.PathLike[str] | str, /, **named: Any) -> None:
     """Save arrays, layers, optimizers and plain values together, atomically and crash-safely.
 
     Parameters
@@ -725,7 +725,7 @@ def _load_snapshot(dirfd: int, mmap: bool, verify: bool) -> Dict[str, Any]:
     return {name: result[name] for name in checked}
 
 
-def load(path: "os.PathLike[str] | str", *, mmap: bool = False, verify: bool = True) -> Dict[str, Any]:
+def load(path: os.PathLike[str] | str, *, mmap: bool = False, verify: bool = True) -> Dict[str, Any]:
     """Load what :func:`save` wrote, as a dict ``name -> value`` in the order of the save.
 
     Arrays come back as numpy arrays (128-byte aligned), numpy scalars as numpy scalars, JSON

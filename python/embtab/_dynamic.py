@@ -190,7 +190,7 @@ class DynamicTable:
         return keys, rows
 
     def __len__(self) -> int:
-        return int(len(self._table))
+        return len(self._table)
 
     def stats(self) -> Dict[str, int]:
         """``rows`` (keys with rows), ``capacity`` (rows allocated), ``bytes`` (memory held: slots,
@@ -222,10 +222,10 @@ class DynamicTable:
     def closed(self) -> bool:
         return bool(self._table.closed)
 
-    def __enter__(self) -> "DynamicTable":
+    def __enter__(self) -> DynamicTable:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -250,7 +250,7 @@ class DynamicTable:
         return view
 
     @property
-    def _dynamic_table(self) -> "DynamicTable":
+    def _dynamic_table(self) -> DynamicTable:
         return self
 
     def _new_state(self, optimizer: Any, name: str, fill: float, per_row: bool) -> NDArray[np.floating]:
@@ -301,7 +301,7 @@ class DynamicTable:
         return config, arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> "DynamicTable":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> DynamicTable:
         try:
             table = cls(config["dim"], dtype=config["dtype"], init=config["init"], std=config["std"],
                         seed=config["seed"], capacity=config["capacity"], max_rows=config["max_rows"],
@@ -422,7 +422,7 @@ class DynamicEmbeddingBag(Differentiable):
         return dict(config, mode=self.mode), arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> "DynamicEmbeddingBag":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> DynamicEmbeddingBag:
         layer = cls.__new__(cls)
         layer.mode = config["mode"]
         layer.table = DynamicTable._from_checkpoint(config, arrays)

@@ -27,7 +27,7 @@ class ForwardContext:
 
     __slots__ = ("layer", "_saved", "_used")
 
-    def __init__(self, layer: "Differentiable", saved: Dict[str, Any]) -> None:
+    def __init__(self, layer: Differentiable, saved: Dict[str, Any]) -> None:
         self.layer = layer
         self._saved = saved
         self._used = False

@@ -107,7 +107,7 @@ class QuantizedTable:
         self.params: NDArray[np.float32] = aligned_empty((num_rows, 2), np.float32)
 
     @classmethod
-    def from_packed(cls, packed: NDArray[np.uint8]) -> "QuantizedTable":
+    def from_packed(cls, packed: NDArray[np.uint8]) -> QuantizedTable:
         """Read fused rows of shape ``(num_rows, dim + 8)`` (``dim`` codes, then the float32 scale
         and bias in native byte order: FBGEMM's layout, e.g. from
         ``torch.ops.quantized.embedding_bag_byte_prepack``) into a new table."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -641,5 +641,5 @@ class SubwordEmbedding(EmbeddingBag):
                 "dropout": self.dropout}
 
     @classmethod
-    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "SubwordEmbedding":
+    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> SubwordEmbedding:
         return cls(0, **config)

@@ -80,7 +80,7 @@ def _check_table(table: Any) -> NDArray[np.floating]:
 
 # Every optimizer's step lock, renewed in a forked child: a thread of the parent may have held one
 # at the fork, and that thread does not exist in the child (logging does the same for its handlers).
-_STEP_LOCKED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_STEP_LOCKED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _new_step_lock(opt: Any) -> None:
@@ -171,7 +171,7 @@ class _SparseOptimizer:
         return config, arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> "_SparseOptimizer":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> _SparseOptimizer:
         if (set(config) - {"dynamic_id"} != {"hyper", "scalars", "lr_steps"} or not isinstance(config["hyper"], dict)
                 or not isinstance(config["scalars"], dict)):
             raise ValueError(f"expected hyper, scalars and lr_steps, got {sorted(config)}")

@@ -25,7 +25,7 @@ class Config:
     onehot_ids: int = 512  # ids per one-hot product (a batch of one-hot rows, times the table)
 
     @classmethod
-    def make(cls, quick: bool) -> "Config":
+    def make(cls, quick: bool) -> Config:
         if quick:
             return cls(quick=True, num_rows=20_000, dim=128, gather_ids=20_000, num_bags=1_000, bag_len=20, id_batches=2,
                        onehot_ids=32)

@@ -64,7 +64,7 @@ class ShardedEmbeddingBag:
         return mode
 
     @classmethod
-    def from_table(cls, table: ShardedTable, *, mode: PoolMode = "sum") -> "ShardedEmbeddingBag":
+    def from_table(cls, table: ShardedTable, *, mode: PoolMode = "sum") -> ShardedEmbeddingBag:
         """A layer over an existing sharded table (e.g. ``ShardedTable.from_checkpoint(path)``)."""
         if not isinstance(table, ShardedTable):
             raise TypeError(f"table must be a ShardedTable, got {type(table).__name__}")
@@ -130,5 +130,5 @@ class ShardedEmbeddingBag:
         return dict(config, mode=self.mode), arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> "ShardedEmbeddingBag":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> ShardedEmbeddingBag:
         return cls.from_table(ShardedTable._from_checkpoint(config, arrays), mode=config["mode"])

@@ -14,10 +14,10 @@ from numpy.typing import ArrayLike, NDArray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 import embtab
+from embtab import _core
 from embtab._arrays import aligned_empty, as_ids, as_values
 from embtab._checkpoint import register_checkpointable
 from embtab._lookup import PoolMode
-from embtab import _core
 from embtab.layers import _check_size
 
 from . import _store
@@ -264,7 +264,7 @@ class ShardedTable:
     @classmethod
     def from_array(cls, table: NDArray[np.floating], *, num_shards: int, route: str = "hash", optimizer: Any = None,
                    checkpoint_dir: Any = None, actor_options: Optional[Dict[str, Any]] = None,
-                   timeout: float = 300.0) -> "ShardedTable":
+                   timeout: float = 300.0) -> ShardedTable:
         """A sharded table with the rows of ``table`` (copied into the shards; a pretrained table).
 
         Takes the keyword arguments of the constructor. Until the first :meth:`save` into
@@ -285,7 +285,7 @@ class ShardedTable:
     @classmethod
     def from_checkpoint(cls, path: Any, *, num_shards: Optional[int] = None, route: Optional[str] = None,
                         checkpoint_dir: Any = None, actor_options: Optional[Dict[str, Any]] = None,
-                        timeout: float = 300.0) -> "ShardedTable":
+                        timeout: float = 300.0) -> ShardedTable:
         """The table a :meth:`save` wrote at ``path``, with its optimizer and steps, on new actors.
 
         ``num_shards`` and ``route`` default to the checkpoint's; others re-shard the rows (each
@@ -361,10 +361,10 @@ class ShardedTable:
             ray.kill(actor, no_restart=True)
         self._actors = []
 
-    def __enter__(self) -> "ShardedTable":
+    def __enter__(self) -> ShardedTable:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- properties ------------------------------------------------------------------------------
@@ -834,7 +834,7 @@ class ShardedTable:
         return dict(self._config(), step_count=steps), arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> "ShardedTable":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> ShardedTable:
         self = cls.__new__(cls)
         self._configure(Layout(config["num_rows"], config["num_shards"], config["route"]), config["dim"],
                         np.dtype(config["dtype"]), config["init"], config["optimizer"], config["checkpoint_dir"],
