@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -25,6 +25,9 @@ from ._forward import Differentiable, ForwardContext, Grad
 from ._hashing import murmur3_128
 from ._lookup import PoolMode
 from ._sparse import gather_bags_grad
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["DynamicTable", "DynamicEmbeddingBag"]
 
@@ -161,7 +164,8 @@ class DynamicTable:
             offsets = as_ids(offsets)
         if weights is not None and not isinstance(weights, np.ndarray):
             weights = np.asarray(weights, dtype=self.dtype)
-        return self._table.gather_bags(_as_keys(keys), offsets, mode, weights, bool(insert))
+        pooled: NDArray[np.floating] = self._table.gather_bags(_as_keys(keys), offsets, mode, weights, bool(insert))
+        return pooled
 
     # --- removal ---------------------------------------------------------------------------------
 
@@ -205,7 +209,8 @@ class DynamicTable:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._config["dtype"])
+        dtype: np.dtype = np.dtype(self._config["dtype"])
+        return dtype
 
     @property
     def weight(self) -> NDArray[np.floating]:
@@ -222,7 +227,7 @@ class DynamicTable:
     def closed(self) -> bool:
         return bool(self._table.closed)
 
-    def __enter__(self) -> DynamicTable:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -314,7 +319,7 @@ class DynamicTable:
                     table._columns.append((name, bool(per_row)))
                 width = 1 if per_row else table.dim
                 rows.append(np.asarray(arrays["weight" if i == 0 else f"state.{name}"]).reshape(int(config["high_water"]), width))
-            snap = {k: arrays[k] for k in _SNAPSHOT_ARRAYS}
+            snap: Dict[str, Any] = {k: arrays[k] for k in _SNAPSHOT_ARRAYS}
             snap.update({k: int(config[k]) for k in _SNAPSHOT_COUNTERS})
             table._table.restore(snap, rows)
         except (KeyError, TypeError, ValueError) as exc:
@@ -365,8 +370,10 @@ class DynamicEmbeddingBag(Differentiable):
                                   max_rows=max_rows, admit_after=admit_after, evict=evict, ttl=ttl)
         self._init_differentiable()
 
+    # Read-only here (the dynamic table's storage), assigned in the fixed-size layers: the
+    # attribute of Differentiable cannot say "readable everywhere, writable in some".
     @property
-    def weight(self) -> NDArray[np.floating]:
+    def weight(self) -> NDArray[np.floating]:  # type: ignore[override]
         return self.table.weight
 
     @property

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -61,7 +61,7 @@ class ShardedEmbeddingBag:
     def _check_mode(mode: Any) -> PoolMode:
         if mode not in ("sum", "mean", "max"):
             raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
-        return mode
+        return cast(PoolMode, mode)
 
     @classmethod
     def from_table(cls, table: ShardedTable, *, mode: PoolMode = "sum") -> ShardedEmbeddingBag:
@@ -84,6 +84,7 @@ class ShardedEmbeddingBag:
         """Pooled rows of each bag: ``ids`` 2-D (one bag per row) or 1-D with CSR ``offsets``;
         ``per_sample_weights`` (same shape as ids, "sum" / "mean" only) multiply the rows."""
         argmax = None
+        out: NDArray[np.floating]
         if self.mode == "max":
             out, argmax = self.table.gather_bags(ids, offsets, mode="max", weights=per_sample_weights,
                                                  return_argmax=True)
