@@ -89,7 +89,6 @@ def paired_worker(base_parent: Path, cases: str, quick: bool, rounds: int) -> No
     """Runs in this build's environment: each case of both builds, called alternately."""
     import time
 
-    import embtab
     from embtab._bench.common import Config
     from embtab._bench.runner import iter_cases
 
@@ -97,7 +96,7 @@ def paired_worker(base_parent: Path, cases: str, quick: bool, rounds: int) -> No
     base = importlib.import_module("embtab_base")
     wanted = [w.strip() for w in cases.split(",") if w.strip()]
     config = Config.make(quick)
-    print(f"| case | base ms (cpu) | this ms (cpu) | this/base wall | this/base cpu |\n|---|---|---|---|---|")
+    print("| case | base ms (cpu) | this ms (cpu) | this/base wall | this/base cpu |\n|---|---|---|---|---|")
     base_cases: Dict[str, object] = {}  # the base build's cases of the module being run
     for case in iter_cases(config, wanted):
         module = case.run.__module__  # embtab._bench.<name>_cases

@@ -10,6 +10,7 @@ with atheris.instrument_imports():
     import numpy as np
 
     import embtab
+
     from _common import ALLOWED, int_array, pick
 
 

@@ -8,6 +8,7 @@ with atheris.instrument_imports():
     import numpy as np
 
     import embtab
+
     from _common import ALLOWED, float_table, int_array, offsets_for, pick
 
 

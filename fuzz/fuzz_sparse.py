@@ -8,6 +8,7 @@ with atheris.instrument_imports():
     import numpy as np
 
     import embtab
+
     from _common import ALLOWED, float_table, int_array, offsets_for, pick
 
 
@@ -28,7 +29,7 @@ def TestOneInput(data: bytes) -> None:
             np.testing.assert_array_equal(table, expected)
             del before
         elif action == 1:
-            rows, sums = embtab.coalesce(ids, values)
+            rows, _sums = embtab.coalesce(ids, values)
             np.testing.assert_array_equal(rows, np.unique(ids))
         elif action == 2:
             offsets = offsets_for(fdp, ids.size)

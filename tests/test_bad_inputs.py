@@ -159,7 +159,7 @@ def test_read_only_fortran_and_strided_inputs_are_accepted():
     t = target()
     embtab.scatter_add(t, read_only(IDS), read_only(GRADS))
     np.testing.assert_array_equal(t[IDS], GRADS)
-    rows, sums = embtab.coalesce(read_only(IDS), np.asfortranarray(GRADS))
+    rows, _sums = embtab.coalesce(read_only(IDS), np.asfortranarray(GRADS))
     np.testing.assert_array_equal(rows, IDS)
 
 

@@ -35,7 +35,7 @@ def test_each_call_reads_the_next_batch_of_ids() -> None:
     batches.select(4)
     assert batches.index == 1 and len(batches) == 3
     with pytest.raises(AttributeError):
-        batches.weights
+        batches.weights  # noqa: B018 -- the access itself must raise
     with pytest.raises(ValueError):
         IdBatches([])
 

@@ -330,7 +330,7 @@ def test_crash_during_save_leaves_a_complete_checkpoint(tmp_path):
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "snap-notes.txt").write_text("mine")
     rng = np.random.default_rng(0)
-    for attempt in range(25):
+    for _attempt in range(25):
         child = subprocess.Popen([sys.executable, "-c", CHILD, path], stdout=subprocess.PIPE, text=True)
         assert child.stdout is not None
         child.stdout.readline()  # at least one save completed

@@ -360,7 +360,7 @@ def test_bad_types_and_shapes_raise_like_the_local_calls(trained: Any) -> None:
             call(opt)
     flat = np.array([1, 2, 3])
     for offsets in (np.array([1, 3]), np.array([0, 2, 1, 3]), np.array([0, 2])):
-        local_error = error_of(lambda: embtab.gather_bags(local, flat, offsets))
+        local_error = error_of(lambda: embtab.gather_bags(local, flat, offsets))  # noqa: B023 -- called right here
         assert isinstance(local_error, ValueError)
         with pytest.raises(ValueError) as info:
             table.gather_bags(flat, offsets)
@@ -567,7 +567,7 @@ def test_corrupt_checkpoint_is_refused_and_changes_no_shard(ray_local: Any, tmp_
             manifest["shards"][1]["sha256"] = other_manifest["shards"][0]["sha256"]
             with open(os.path.join(path, "manifest.json"), "w") as f:
                 json.dump(manifest, f)
-            with pytest.raises(embtab.CheckpointError, match="shard 1 of the checkpoint .* does not match its manifest"):
+            with pytest.raises(embtab.CheckpointError, match=r"shard 1 of the checkpoint .* does not match its manifest"):
                 other.load(path)
             assert snapshot(other) == before  # shard 0 read its rows but did not switch to them
 
@@ -625,7 +625,7 @@ def test_lost_shard_without_checkpoint_goes_back_to_its_initial_rows(ray_local: 
         initial = table.to_numpy()
         table.step(np.arange(NUM_ROWS), np.ones((NUM_ROWS, DIM), np.float32))
         ray.kill(table._actors[0], no_restart=False)
-        with pytest.raises(ShardLost, match="restarted it from its initial rows .no checkpoint. at step 0") as info:
+        with pytest.raises(ShardLost, match=r"restarted it from its initial rows .no checkpoint. at step 0") as info:
             table.gather([0])
         assert info.value.lost == {0: 0}
         rows = table.to_numpy()
@@ -642,7 +642,7 @@ def test_shard_that_stays_dead_or_has_no_rows_until_load(ray_local: Any, tmp_pat
         table.save(path)
         ray.kill(table._actors[1], no_restart=False)
         for _ in range(2):
-            with pytest.raises(ShardLost, match="shard 1 of 2 was lost and has no rows now .Ray will not restart it") as info:
+            with pytest.raises(ShardLost, match=r"shard 1 of 2 was lost and has no rows now .Ray will not restart it") as info:
                 table.gather(np.arange(NUM_ROWS))
             assert info.value.lost == {1: None}
         assert table.stats()[1]["alive"] is False
@@ -652,7 +652,7 @@ def test_shard_that_stays_dead_or_has_no_rows_until_load(ray_local: Any, tmp_pat
     with ShardedTable.from_array(rows, num_shards=2) as table:
         table.save(path)  # not its checkpoint_dir (it has none): restarts do not read it
         ray.kill(table._actors[0], no_restart=False)
-        with pytest.raises(ShardLost, match="has no rows now .nothing") as info:
+        with pytest.raises(ShardLost, match=r"has no rows now .nothing") as info:
             table.gather([0, 1, 2])
         assert info.value.lost == {0: None} and table.step_count == (None, 0)
         with pytest.raises(ShardLost):

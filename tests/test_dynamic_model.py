@@ -247,7 +247,7 @@ def test_long_random_sequences(config, tmp_path):
         else:
             machine.save_and_load()
         machine.same_contents()
-    assert machine.model.evicted > 0 or max_rows is None and ttl is None
+    assert machine.model.evicted > 0 or (max_rows is None and ttl is None)
     assert machine.model.admitted > 0
 
 

@@ -316,7 +316,7 @@ def test_string_array_shapes_and_padding() -> None:
     np.testing.assert_array_equal(embtab.subword_ngrams(np.array(texts, dtype="U30"), minn=1, maxn=4)[0],
                                   embtab.subword_ngrams(texts, minn=1, maxn=4)[0])
     # Non-contiguous and read-only inputs.
-    strided = np.array(["w%d" % i for i in range(40)])[::3]
+    strided = np.array([f"w{i}" for i in range(40)])[::3]
     strided.flags.writeable = False
     np.testing.assert_array_equal(embtab.murmur3_32(strided), embtab.murmur3_32(strided.tolist()))
 
@@ -373,7 +373,7 @@ def test_python_int_keys() -> None:
     assert embtab.murmur3_32(5) == embtab.murmur3_32(np.array([5], dtype=np.int32))[0]
     assert embtab.murmur3_32(2**32 - 1) == embtab.murmur3_32(-1)
     assert embtab.hash_buckets(5, 10) == embtab.murmur3_32(5) % 10
-    with pytest.raises(OverflowError, match="np.int64"):
+    with pytest.raises(OverflowError, match=r"np\.int64"):
         embtab.murmur3_32(2**32)
 
 
@@ -445,7 +445,7 @@ def test_fasttext_hash_matches_reference(each_path_and_threads: tuple) -> None:
     np.testing.assert_array_equal(embtab.fasttext_hash(raw), [fnv1a_fasttext(b) for b in raw])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def subword_case(minn: int, maxn: int) -> Tuple[List[str], np.ndarray, np.ndarray]:
     """Words and their reference ids (bucket 2,000,000, offset 17), computed once per (minn, maxn)."""
     words = mixed_words(np.random.default_rng(minn * 10 + maxn), 5000)
@@ -499,7 +499,7 @@ def test_subword_ngrams_match_fasttext(fasttext_models: Dict[Tuple[int, int, int
         nwords = len(model.words)
         ids, offsets = embtab.subword_ngrams(words, minn=minn, maxn=maxn, bucket=bucket, offset=nwords)
         for i, word in enumerate(words):
-            grams, expected = model.get_subwords(word)
+            _grams, expected = model.get_subwords(word)
             expected = [int(x) for x in expected if x >= nwords]  # drop the word's own id
             assert ids[offsets[i] : offsets[i + 1]].tolist() == expected, (word, minn, maxn)
 

@@ -112,7 +112,7 @@ def test_single_bytearray_and_memoryview_keys() -> None:
     assert embtab.murmur3_128(bytearray(b"hello")) == mmh3.hash64(b"hello", signed=False)
     assert embtab.hash_buckets(bytearray(b"foo"), 7) == 0xF6A5C420 % 7
     assert embtab.fasttext_hash(bytearray(b"</s>")) == 0xD79C9359
-    ids, offsets = embtab.subword_ngrams(memoryview(b"ab"), minn=1, maxn=2, bucket=10**6)
+    ids, _offsets = embtab.subword_ngrams(memoryview(b"ab"), minn=1, maxn=2, bucket=10**6)
     assert ids.tolist() == embtab.subword_ngrams("ab", minn=1, maxn=2, bucket=10**6)[0].tolist()
 
 
@@ -188,7 +188,7 @@ def test_argument_checks_belong_to_the_compiled_layer() -> None:
 
 
 def test_end_of_sentence_word_has_no_ngrams() -> None:
-    ids, offsets = embtab.subword_ngrams(["a", "</s>", "b", "</s>x"], minn=1, maxn=6, bucket=1000)
+    _ids, offsets = embtab.subword_ngrams(["a", "</s>", "b", "</s>x"], minn=1, maxn=6, bucket=1000)
     assert offsets[2] - offsets[1] == 0  # "</s>" itself: none
     assert offsets[4] - offsets[3] > 0  # a word that merely starts like it: its n-grams
     np.testing.assert_array_equal(embtab.subword_ngrams(np.array(["</s>", "</s>"], dtype="U4"))[1], [0, 0, 0])
@@ -231,7 +231,7 @@ def test_end_of_sentence_word_matches_fasttext(fasttext_corpus: str) -> None:
     assert "</s>" in model.words
     _, expected = model.get_subwords("</s>")
     assert expected.tolist() == [model.words.index("</s>")]
-    ids, offsets = embtab.subword_ngrams(["</s>"], minn=3, maxn=6, bucket=1000, offset=len(model.words))
+    ids, _offsets = embtab.subword_ngrams(["</s>"], minn=3, maxn=6, bucket=1000, offset=len(model.words))
     assert ids.size == 0
     layer = subword_layer_of(model, minn=3, maxn=6, bucket=1000)
     probe = ["</s>", "alpha", "unseen", "café"]
@@ -244,7 +244,7 @@ def test_model_without_subwords_matches_fasttext(fasttext_corpus: str) -> None:
     assert model.get_input_matrix().shape[0] == len(model.words)  # fastText sets bucket = 0
     probe = ["alpha", "中文", "</s>", "unseen"]
     for word in probe:
-        ids, offsets = embtab.subword_ngrams([word], minn=0, maxn=0, offset=len(model.words))
+        ids, _offsets = embtab.subword_ngrams([word], minn=0, maxn=0, offset=len(model.words))
         assert ids.size == 0
         assert model.get_subwords(word)[1].tolist() == ([model.words.index(word)] if word in model.words else [])
     for kwargs in ({"minn": 0, "maxn": 0, "bucket": 0}, {"bucket": 0}):

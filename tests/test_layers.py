@@ -151,7 +151,7 @@ def test_subword_embedding_matches_manual_mean():
     all_rows = np.concatenate([where_rows, ids[offsets[1]:offsets[2]]])
     np.testing.assert_allclose(doc[0], layer.weight[all_rows].mean(axis=0))
     layer.backward(np.ones((1, 4)))
-    rows, grads = layer.grad
+    rows, _grads = layer.grad
     np.testing.assert_array_equal(rows, np.unique(all_rows))
 
 

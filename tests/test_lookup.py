@@ -294,6 +294,6 @@ def test_large_outputs_reuse_pooled_memory_correctly():
         offsets = np.sort(rng.integers(0, 2000, 1101))
         offsets[0], offsets[-1] = 0, 2000
         bag_ids = rng.integers(0, 3000, 2000)
-        pooled, argmax = embtab.gather_bags(table, bag_ids, offsets, mode="max", return_argmax=True)
+        pooled, _argmax = embtab.gather_bags(table, bag_ids, offsets, mode="max", return_argmax=True)
         np.testing.assert_allclose(pooled, numpy_bags(table, bag_ids, offsets, "max"))
         assert not np.isnan(pooled).any()

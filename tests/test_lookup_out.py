@@ -4,7 +4,7 @@ nothing to out, and the outputs embtab allocates are aligned numpy arrays. Every
 
 from __future__ import annotations
 
-from typing import Any, Callable, Tuple
+from typing import Any
 
 import numpy as np
 import pytest

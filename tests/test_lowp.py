@@ -71,7 +71,7 @@ class I8Reference(np.ndarray):
     parts: Any = None
 
     @classmethod
-    def of(cls, codes: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> "I8Reference":
+    def of(cls, codes: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> I8Reference:
         ref = dequant_reference(codes, scale, bias).view(cls)
         ref.parts = (codes, np.asarray(scale, np.float32), np.asarray(bias, np.float32))
         return ref
@@ -82,7 +82,7 @@ class I8Reference(np.ndarray):
             return I8Reference.of(codes[index], scale[index], bias[index])
         return np.asarray(self)[index]
 
-    def padded(self) -> "I8Reference":
+    def padded(self) -> I8Reference:
         """With one more row: a stored row of zero bytes (codes, scale and bias 0)."""
         codes, scale, bias = self.parts
         zero = np.zeros(1, np.float32)
@@ -472,7 +472,7 @@ def test_quantize_rows_matches_reference(simd_path, num_threads, dim):
 def test_quantize_rows_edge_cases():
     x = np.array([[0.0, 0.0], [-1.0, 1.0], [1.5e38, -1.5e38], [1e-45, 0.0]], np.float32)
     q = embtab.quantize_rows(x)
-    codes, scale, bias = quantize_reference(x)
+    codes, scale, _bias = quantize_reference(x)
     np.testing.assert_array_equal(q.data, codes)
     np.testing.assert_array_equal(q.scale, scale)
     deq = q.dequantize()

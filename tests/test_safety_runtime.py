@@ -8,18 +8,18 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import Optional
 
 import numpy as np
 import pytest
 
 import embtab
 
-
 # Under ci/sanitize.sh: ASan keeps freed memory in quarantine and needs room to map its own.
 UNDER_ASAN = "asan" in os.environ.get("LD_PRELOAD", "")
 
 
-def run_python(code: str, *args: str, timeout: float = 120, env: dict = None) -> subprocess.CompletedProcess:
+def run_python(code: str, *args: str, timeout: float = 120, env: Optional[dict] = None) -> subprocess.CompletedProcess:
     try:
         return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
                               timeout=timeout, env=env)
@@ -80,7 +80,7 @@ def test_fork_while_another_thread_updates_the_table():
 def test_set_num_threads_bounds():
     before = embtab.get_num_threads()
     for bad in (-1, 1025, 100_000, 2**40):
-        with pytest.raises(ValueError, match="0 .* to 1024"):
+        with pytest.raises(ValueError, match=r"0 .* to 1024"):
             embtab.set_num_threads(bad)
         assert embtab.get_num_threads() == before
     table = np.arange(40, dtype=np.float32).reshape(10, 4)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+
 import numpy as np
 import pytest
-from test_concurrency import run_threads
 
 from embtab import optim
+
+from test_concurrency import run_threads
 
 MAKERS = {
     "adam": lambda t: optim.Adam(t, lr=0.01, betas=(0.5, 0.75)),

@@ -155,7 +155,7 @@ def test_contexts_are_used_once_and_survive_a_failed_backward() -> None:
     layer = EmbeddingBag(10, 2, seed=0)
     with pytest.raises(RuntimeError, match="called before forward"):
         layer.backward(np.zeros((1, 2), np.float32))
-    out, ctx = layer.forward(np.array([[1, 2]]), return_context=True)
+    _out, ctx = layer.forward(np.array([[1, 2]]), return_context=True)
     with pytest.raises(ValueError, match="grad_out must have shape"):
         layer.backward(np.zeros((3, 2), np.float32), ctx)
     with pytest.raises(TypeError, match="dtype"):
@@ -192,10 +192,10 @@ def test_two_threads_on_one_layer_get_their_own_gradients() -> None:
         inputs = [np.arange(0, 10).reshape(2, 5), np.arange(50, 60).reshape(2, 5)]
         grads = [np.full((2, 5, 4) if isinstance(layer, Embedding) else (2, 4), v) for v in (1.0, 3.0)]
 
-        def work(i: int) -> None:
-            layer.forward(inputs[i])
-            barrier.wait()  # both forwards ran before either backward
-            results[i] = layer.backward(grads[i])
+        def work(i: int) -> None:  # its threads are joined within this iteration (hence the noqa: B023)
+            layer.forward(inputs[i])  # noqa: B023
+            barrier.wait()  # noqa: B023 -- both forwards ran before either backward
+            results[i] = layer.backward(grads[i])  # noqa: B023
 
         threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
         for t in threads:
@@ -391,7 +391,7 @@ def test_weights_grad_matches_torch_autograd() -> None:
         ref = F.embedding_bag(torch.from_numpy(ids), torch.from_numpy(table), torch.from_numpy(offsets), mode="sum",
                               per_sample_weights=t_w, include_last_offset=True, padding_idx=padding)
         (ref_grad,) = torch.autograd.grad(ref, t_w, torch.from_numpy(g))
-        rows, grads, w_grad = embtab.gather_bags_grad(g, ids, offsets, weights=w, table=table, padding_idx=padding,
+        _rows, _grads, w_grad = embtab.gather_bags_grad(g, ids, offsets, weights=w, table=table, padding_idx=padding,
                                                       return_weights_grad=True)
         np.testing.assert_allclose(w_grad, ref_grad.numpy(), rtol=1e-5, atol=1e-6)
     # The weighted mean (embtab only): d out_b / d w_i = grad_out[b] . row_i / len(bag b).

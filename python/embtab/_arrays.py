@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 
 # DLPack device types (dlpack.h) whose memory the CPU reads directly, and names for the others.
@@ -71,21 +72,22 @@ def as_values(values: Any, like: Any, name: str = "values") -> Any:
 ROW_ALIGNMENT = 128
 
 
-def _aligned(alloc: Any, shape: Any, dtype: Any, alignment: int) -> Any:
+def _aligned(alloc: Any, shape: Any, dtype: Any, alignment: int) -> NDArray[Any]:
     dtype = np.dtype(dtype)
     shape = tuple(int(x) for x in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    buffer = alloc(nbytes + alignment, np.uint8)
+    buffer: NDArray[np.uint8] = alloc(nbytes + alignment, np.uint8)
     start = -buffer.ctypes.data % alignment
-    return buffer[start : start + nbytes].view(dtype).reshape(shape)
+    aligned: NDArray[Any] = buffer[start : start + nbytes].view(dtype).reshape(shape)
+    return aligned
 
 
-def aligned_empty(shape: Any, dtype: Any, alignment: int = ROW_ALIGNMENT) -> Any:
+def aligned_empty(shape: Any, dtype: Any, alignment: int = ROW_ALIGNMENT) -> NDArray[Any]:
     """An uninitialized C-contiguous array whose data starts on an `alignment`-byte boundary."""
     return _aligned(np.empty, shape, dtype, alignment)
 
 
-def aligned_zeros(shape: Any, dtype: Any, alignment: int = ROW_ALIGNMENT) -> Any:
+def aligned_zeros(shape: Any, dtype: Any, alignment: int = ROW_ALIGNMENT) -> NDArray[Any]:
     """A zeroed C-contiguous array whose data starts on an `alignment`-byte boundary. Like
     np.zeros, a large one gets its zero pages from the OS lazily: untouched rows cost nothing."""
     return _aligned(np.zeros, shape, dtype, alignment)

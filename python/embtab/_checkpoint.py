@@ -193,7 +193,8 @@ def restore_bit_generator(bit_generator: Any, saved: Any, where: str) -> None:
 
 def bit_generator_state(bit_generator: Any) -> Dict[str, Any]:
     """``bit_generator.state`` as JSON (what :func:`restore_bit_generator` takes)."""
-    return _json_state(bit_generator.state)
+    state: Dict[str, Any] = _json_state(bit_generator.state)
+    return state
 
 
 class _Plan:
@@ -252,7 +253,7 @@ class _Plan:
 
 
 def _npy_header(dtype: np.dtype, shape: Tuple[int, ...]) -> bytes:
-    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (dtype.str, tuple(shape))
+    text = f"{{'descr': {dtype.str!r}, 'fortran_order': False, 'shape': {tuple(shape)!r}, }}"
     for version, length_format in ((1, "<H"), (2, "<I")):
         prefix = 8 + struct.calcsize(length_format)
         total = -(-(prefix + len(text) + 1) // ROW_ALIGNMENT) * ROW_ALIGNMENT
@@ -262,13 +263,13 @@ def _npy_header(dtype: np.dtype, shape: Tuple[int, ...]) -> bytes:
     raise ValueError(f"array shape {shape} is too long for a .npy header")  # pragma: no cover
 
 
-def _write_all(fd: int, data: "memoryview | bytes") -> None:
+def _write_all(fd: int, data: memoryview | bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
-def _create_file(dirfd: int, name: str, chunks: Iterator["memoryview | bytes"]) -> Tuple[int, str]:
+def _create_file(dirfd: int, name: str, chunks: Iterator[memoryview | bytes]) -> Tuple[int, str]:
     """Write a new file (fsynced); its size and SHA-256."""
     fd = os.open(name, _CREATE_FILE, 0o644, dir_fd=dirfd)
     try:
@@ -291,9 +292,9 @@ def _create_file(dirfd: int, name: str, chunks: Iterator["memoryview | bytes"]) 
     return size, digest.hexdigest()
 
 
-def _array_chunks(header: bytes, array: np.ndarray) -> Iterator["memoryview | bytes"]:
+def _array_chunks(header: bytes, array: np.ndarray) -> Iterator[memoryview | bytes]:
     yield header
-    flat = memoryview(array.reshape(-1).view(np.uint8))
+    flat = array.reshape(-1).view(np.uint8).data
     for start in range(0, len(flat), _CHUNK):
         yield flat[start:start + _CHUNK]
 
@@ -474,7 +475,7 @@ def _save_locked(dirfd: int, plan: _Plan) -> None:
     _remove_leftovers(dirfd, keep=snap)
 
 
-def save(path: "os.PathLike[str] | str", /, **named: Any) -> None:
+def save(path: os.PathLike[str] | str, /, **named: Any) -> None:
     """Save arrays, layers, optimizers and plain values together, atomically and crash-safely.
 
     Parameters
@@ -595,12 +596,12 @@ def _read_array(snapfd: int, name: str, info: Tuple[Tuple[int, ...], np.dtype, i
         if mmap and nbytes:
             array = _mapped(fd, dtype, shape, len(header))
             if digest is not None:
-                flat = memoryview(array.reshape(-1).view(np.uint8))
+                flat = array.reshape(-1).view(np.uint8).data
                 for start in range(0, nbytes, _CHUNK):
                     digest.update(flat[start:start + _CHUNK])
         else:
             array = aligned_empty(shape, dtype)
-            _read_exact(fd, memoryview(array.reshape(-1).view(np.uint8)), name, digest)
+            _read_exact(fd, array.reshape(-1).view(np.uint8).data, name, digest)
     finally:
         os.close(fd)
     if digest is not None and digest.hexdigest() != sha:
@@ -717,7 +718,7 @@ def _load_snapshot(dirfd: int, mmap: bool, verify: bool) -> Dict[str, Any]:
 
         # Plain values first, then objects that own arrays (layers), then those that refer to
         # them (optimizers, which find their layer in `owners`).
-        order = sorted(checked, key=lambda n: -1 if checked[n][1] is None else int(checked[n][1]._checkpoint_order))
+        order = sorted(checked, key=lambda n: -1 if (cls := checked[n][1]) is None else int(cls._checkpoint_order))
         owners: Dict[int, Any] = {}
         result = {name: _restore(name, *checked[name], array_of, owners) for name in order}
     finally:
@@ -725,7 +726,7 @@ def _load_snapshot(dirfd: int, mmap: bool, verify: bool) -> Dict[str, Any]:
     return {name: result[name] for name in checked}
 
 
-def load(path: "os.PathLike[str] | str", *, mmap: bool = False, verify: bool = True) -> Dict[str, Any]:
+def load(path: os.PathLike[str] | str, *, mmap: bool = False, verify: bool = True) -> Dict[str, Any]:
     """Load what :func:`save` wrote, as a dict ``name -> value`` in the order of the save.
 
     Arrays come back as numpy arrays (128-byte aligned), numpy scalars as numpy scalars, JSON

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -25,6 +25,9 @@ from ._forward import Differentiable, ForwardContext, Grad
 from ._hashing import murmur3_128
 from ._lookup import PoolMode
 from ._sparse import gather_bags_grad
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["DynamicTable", "DynamicEmbeddingBag"]
 
@@ -161,7 +164,8 @@ class DynamicTable:
             offsets = as_ids(offsets)
         if weights is not None and not isinstance(weights, np.ndarray):
             weights = np.asarray(weights, dtype=self.dtype)
-        return self._table.gather_bags(_as_keys(keys), offsets, mode, weights, bool(insert))
+        pooled: NDArray[np.floating] = self._table.gather_bags(_as_keys(keys), offsets, mode, weights, bool(insert))
+        return pooled
 
     # --- removal ---------------------------------------------------------------------------------
 
@@ -190,7 +194,7 @@ class DynamicTable:
         return keys, rows
 
     def __len__(self) -> int:
-        return int(len(self._table))
+        return len(self._table)
 
     def stats(self) -> Dict[str, int]:
         """``rows`` (keys with rows), ``capacity`` (rows allocated), ``bytes`` (memory held: slots,
@@ -205,7 +209,8 @@ class DynamicTable:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.dtype(self._config["dtype"])
+        dtype: np.dtype = np.dtype(self._config["dtype"])
+        return dtype
 
     @property
     def weight(self) -> NDArray[np.floating]:
@@ -222,10 +227,10 @@ class DynamicTable:
     def closed(self) -> bool:
         return bool(self._table.closed)
 
-    def __enter__(self) -> "DynamicTable":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -250,7 +255,7 @@ class DynamicTable:
         return view
 
     @property
-    def _dynamic_table(self) -> "DynamicTable":
+    def _dynamic_table(self) -> DynamicTable:
         return self
 
     def _new_state(self, optimizer: Any, name: str, fill: float, per_row: bool) -> NDArray[np.floating]:
@@ -301,7 +306,7 @@ class DynamicTable:
         return config, arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> "DynamicTable":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> DynamicTable:
         try:
             table = cls(config["dim"], dtype=config["dtype"], init=config["init"], std=config["std"],
                         seed=config["seed"], capacity=config["capacity"], max_rows=config["max_rows"],
@@ -314,7 +319,7 @@ class DynamicTable:
                     table._columns.append((name, bool(per_row)))
                 width = 1 if per_row else table.dim
                 rows.append(np.asarray(arrays["weight" if i == 0 else f"state.{name}"]).reshape(int(config["high_water"]), width))
-            snap = {k: arrays[k] for k in _SNAPSHOT_ARRAYS}
+            snap: Dict[str, Any] = {k: arrays[k] for k in _SNAPSHOT_ARRAYS}
             snap.update({k: int(config[k]) for k in _SNAPSHOT_COUNTERS})
             table._table.restore(snap, rows)
         except (KeyError, TypeError, ValueError) as exc:
@@ -365,8 +370,10 @@ class DynamicEmbeddingBag(Differentiable):
                                   max_rows=max_rows, admit_after=admit_after, evict=evict, ttl=ttl)
         self._init_differentiable()
 
+    # Read-only here (the dynamic table's storage), assigned in the fixed-size layers: the
+    # attribute of Differentiable cannot say "readable everywhere, writable in some".
     @property
-    def weight(self) -> NDArray[np.floating]:
+    def weight(self) -> NDArray[np.floating]:  # type: ignore[override]
         return self.table.weight
 
     @property
@@ -422,7 +429,7 @@ class DynamicEmbeddingBag(Differentiable):
         return dict(config, mode=self.mode), arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> "DynamicEmbeddingBag":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> DynamicEmbeddingBag:
         layer = cls.__new__(cls)
         layer.mode = config["mode"]
         layer.table = DynamicTable._from_checkpoint(config, arrays)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -27,7 +27,7 @@ class ForwardContext:
 
     __slots__ = ("layer", "_saved", "_used")
 
-    def __init__(self, layer: "Differentiable", saved: Dict[str, Any]) -> None:
+    def __init__(self, layer: Differentiable, saved: Dict[str, Any]) -> None:
         self.layer = layer
         self._saved = saved
         self._used = False
@@ -84,7 +84,7 @@ class Differentiable:
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
-    def backward(self, grad_out: ArrayLike, ctx: Optional[ForwardContext] = None, **kwargs: Any) -> Any:
+    def backward(self, grad_out: ArrayLike, ctx: Optional[ForwardContext] = None) -> Any:
         raise NotImplementedError
 
     def zero_grad(self) -> None:
@@ -100,7 +100,7 @@ class Differentiable:
     def _context(self, ctx: Optional[ForwardContext]) -> ForwardContext:
         name = type(self).__name__
         if ctx is None:
-            ctx = getattr(self._local, "last", None)
+            ctx = cast(Optional[ForwardContext], getattr(self._local, "last", None))
             if ctx is None:
                 raise RuntimeError(f"{name}.backward() called before forward() on this thread: nothing to differentiate")
             if ctx.used:

@@ -55,7 +55,8 @@ class BFloat16Table:
 
     def to_float32(self) -> NDArray[np.float32]:
         """The exact float32 values (each bfloat16 widened by 16 zero bits)."""
-        return (self.data.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        widened: NDArray[np.float32] = (self.data.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        return widened
 
     def __repr__(self) -> str:
         return f"BFloat16Table(shape={self.shape})"
@@ -107,7 +108,7 @@ class QuantizedTable:
         self.params: NDArray[np.float32] = aligned_empty((num_rows, 2), np.float32)
 
     @classmethod
-    def from_packed(cls, packed: NDArray[np.uint8]) -> "QuantizedTable":
+    def from_packed(cls, packed: NDArray[np.uint8]) -> QuantizedTable:
         """Read fused rows of shape ``(num_rows, dim + 8)`` (``dim`` codes, then the float32 scale
         and bias in native byte order: FBGEMM's layout, e.g. from
         ``torch.ops.quantized.embedding_bag_byte_prepack``) into a new table."""
@@ -151,8 +152,9 @@ class QuantizedTable:
         """The float32 table the codes stand for: ``fma(data, scale[:, None], bias[:, None])``,
         rounded once (what :func:`embtab.gather` returns for every row)."""
         num_rows = self.shape[0]
-        return _core.gather((self.data, self.params), np.arange(num_rows, dtype=np.int64), None, "raise", None,
-                            self.dtype)
+        table: NDArray[np.float32] = _core.gather((self.data, self.params), np.arange(num_rows, dtype=np.int64), None,
+                                                  "raise", None, self.dtype)
+        return table
 
     def __repr__(self) -> str:
         return f"QuantizedTable(shape={self.shape}, bits={self.bits})"

@@ -17,7 +17,8 @@ _BLOCK_ELEMENTS = 1 << 24
 def _unit_rows(x: NDArray[np.floating]) -> NDArray[np.floating]:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     # A zero vector has no direction: its cosine with anything is defined as 0.
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    unit: NDArray[np.floating] = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    return unit
 
 
 def most_similar(
@@ -106,8 +107,10 @@ def most_similar(
         if metric == "l2":
             # |q - t|^2 = |q|^2 - 2 q.t + |t|^2; ranked by the negated squared distance.
             q_sq = np.einsum("ij,ij->i", vectors[start:stop], vectors[start:stop])
+            assert sq_norms is not None  # computed above for "l2"
             scores = -np.maximum(q_sq[:, None] - 2 * scores + sq_norms[None, :], 0)
         if exclude_self:
+            assert self_ids is not None  # checked above
             scores[np.arange(stop - start), self_ids[start:stop]] = -np.inf
         if k_eff < num_rows:
             part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]

@@ -171,9 +171,10 @@ def _weights_grad(grad_out: NDArray[np.floating], table: NDArray[np.floating], i
     if offsets is None:  # 2-D ids: fixed-length bags
         offsets = np.arange(ids.shape[0] + 1, dtype=np.int64) * (ids.shape[1] if ids.ndim == 2 else 0)
     flat = ids.reshape(-1)
-    lengths = np.diff(np.asarray(offsets, np.int64))
+    # numpy's stubs type np.diff of an int64 array as timedelta64
+    lengths: NDArray[np.int64] = np.diff(np.asarray(offsets, np.int64))  # type: ignore[assignment]
     bag_of = np.repeat(np.arange(len(lengths)), lengths)
-    grad = np.einsum("ij,ij->i", gather(table, flat), np.asarray(grad_out)[bag_of])
+    grad: NDArray[np.floating] = np.einsum("ij,ij->i", gather(table, flat), np.asarray(grad_out)[bag_of])
     if mode == "mean":
         grad /= lengths[bag_of].astype(grad.dtype)
     return grad.astype(grad_out.dtype, copy=False)

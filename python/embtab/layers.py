@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -63,19 +63,19 @@ def _init_table(rng: np.random.Generator, num_rows: int, dim: int, init: str, st
     else:
         raise ValueError(f"init must be one of {', '.join(map(repr, _INITS))}, got {init!r}")
     # 128-byte aligned, so that each row of the table touches as few cache lines as possible.
-    aligned = aligned_empty((num_rows, dim), dtype)
+    aligned: NDArray[np.floating] = aligned_empty((num_rows, dim), dtype)
     aligned[...] = table
     return aligned
 
 
 def _check_size(value: Any, name: str, minimum: int = 0) -> int:
     try:
-        value = operator.index(value)
+        size: int = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    if size < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {size}")
+    return size
 
 
 def _check_positive(value: Any, name: str, *, allow_inf: bool = False) -> float:
@@ -95,7 +95,7 @@ def _csr_filter(ids: NDArray[np.integer], offsets: NDArray[np.int64], keep: NDAr
 
 def _per_bag(mask: NDArray[np.bool_], offsets: NDArray[np.int64]) -> NDArray[np.int64]:
     """How many positions of each CSR bag are set in ``mask`` (empty bags, last one too, give 0)."""
-    before = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    before: NDArray[np.int64] = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
     return before[offsets[1:]] - before[offsets[:-1]]
 
 
@@ -500,9 +500,10 @@ class EmbeddingBag(_TableLayer):
         """d out / d per_sample_weights from the gradient with respect to the weights the lookup used."""
         if saved["kept"] is None:
             return weights_grad
-        full = np.zeros(saved["kept"].shape, weights_grad.dtype)
+        full: NDArray[np.floating] = np.zeros(saved["kept"].shape, weights_grad.dtype)
         full[saved["kept"]] = weights_grad * saved["mult"]
-        return full.reshape(saved["shape"])
+        shaped: NDArray[np.floating] = full.reshape(saved["shape"])
+        return shaped
 
     def _config(self) -> Dict[str, Any]:
         return dict(super()._config(), mode=self.mode)
@@ -641,5 +642,5 @@ class SubwordEmbedding(EmbeddingBag):
                 "dropout": self.dropout}
 
     @classmethod
-    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> "SubwordEmbedding":
+    def _build_empty(cls, config: Dict[str, Any], weight: NDArray[Any]) -> SubwordEmbedding:
         return cls(0, **config)

@@ -73,7 +73,7 @@ def _check_table(table: Any) -> NDArray[np.floating]:
 
 # Every optimizer's step lock, renewed in a forked child: a thread of the parent may have held one
 # at the fork, and that thread does not exist in the child (logging does the same for its handlers).
-_STEP_LOCKED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_STEP_LOCKED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _new_step_lock(opt: Any) -> None:
@@ -81,8 +81,13 @@ def _new_step_lock(opt: Any) -> None:
     _STEP_LOCKED.add(opt)
 
 
+def _renew_step_locks() -> None:
+    for opt in list(_STEP_LOCKED):
+        _new_step_lock(opt)
+
+
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: [_new_step_lock(opt) for opt in list(_STEP_LOCKED)])
+    os.register_at_fork(after_in_child=_renew_step_locks)
 
 
 def _hyper(name: str, value: Any, *, positive: bool = False) -> float:
@@ -121,6 +126,8 @@ class _SparseOptimizer:
     # An embtab.DynamicTable whose rows this optimizer updates: ids are then its keys, and the table
     # owns the state arrays (see DynamicTable._new_state / _update).
     _dynamic: Any = None
+    _dynamic_id: int  # set when the optimizer is attached to a DynamicTable
+    _lock: threading.Lock  # set by _new_step_lock (renewed in a forked child)
 
     def __init__(self, table: Any, lr: float) -> None:
         # A layer (embtab.layers) may stand for its table: step() then applies layer.grad.
@@ -164,7 +171,7 @@ class _SparseOptimizer:
         return config, arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> "_SparseOptimizer":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> _SparseOptimizer:
         if (set(config) - {"dynamic_id"} != {"hyper", "scalars", "lr_steps"} or not isinstance(config["hyper"], dict)
                 or not isinstance(config["scalars"], dict)):
             raise ValueError(f"expected hyper, scalars and lr_steps, got {sorted(config)}")
@@ -247,7 +254,8 @@ class _SparseOptimizer:
     def _new_state(self, name: str, fill: float, per_row: bool = False) -> np.ndarray:
         """State array `name`: one row (per_row: one value) per table row, starting at `fill`."""
         if self._dynamic is not None:
-            return self._dynamic._new_state(self, name, fill, per_row)
+            state: np.ndarray = self._dynamic._new_state(self, name, fill, per_row)
+            return state
         shape = self.table.shape[:1] if per_row else self.table.shape
         if fill == 0.0:
             return aligned_zeros(shape, self.table.dtype)  # untouched pages cost nothing

@@ -25,7 +25,7 @@ class Config:
     onehot_ids: int = 512  # ids per one-hot product (a batch of one-hot rows, times the table)
 
     @classmethod
-    def make(cls, quick: bool) -> "Config":
+    def make(cls, quick: bool) -> Config:
         if quick:
             return cls(quick=True, num_rows=20_000, dim=128, gather_ids=20_000, num_bags=1_000, bag_len=20, id_batches=2,
                        onehot_ids=32)
@@ -93,11 +93,13 @@ class Case:
 
     name: str
     sizes: str
-    run: Callable[[], Any]
-    baseline: Optional[Callable[[], Any]] = None
+    # Called with no arguments. Callable[..., Any] because the cases bind loop variables as lambda
+    # defaults (`lambda kind=kind: ...`), which mypy cannot match against Callable[[], Any].
+    run: Callable[..., Any]
+    baseline: Optional[Callable[..., Any]] = None
     baseline_name: str = "numpy"
     check: Optional[Callable[[Any, Any], None]] = None
-    peers: Dict[str, Callable[[], Any]] = field(default_factory=dict)
+    peers: Dict[str, Callable[..., Any]] = field(default_factory=dict)
     peer_checks: Dict[str, Callable[[Any, Any], None]] = field(default_factory=dict)
     bytes_moved: Optional[float] = None
     items: Optional[float] = None

@@ -60,7 +60,7 @@ class LocalTraining:
         return self._opt
 
 
-def sharded_case(name: str, sizes: str, bench: ShardedBench, run: Callable[[Any], Any], baseline: Callable[[], Any],
+def sharded_case(name: str, sizes: str, bench: ShardedBench, run: Callable[..., Any], baseline: Callable[..., Any],
                  check: Callable[[Any, Any], None], batches: IdBatches, items: float, unit: str) -> Case:
     case = Case(name=name, sizes=sizes, run=lambda: None, baseline=baseline, baseline_name="embtab local",
                 check=check, items=items, item_unit=unit, batches=batches)

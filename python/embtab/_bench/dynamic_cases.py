@@ -5,7 +5,7 @@ against ``gather_bags`` on the rows, found beforehand."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 import numpy as np
 
@@ -66,7 +66,7 @@ def cases(config: Config) -> List[Case]:
                           for _ in range(config.id_batches)])
 
     def insert_dict() -> Any:
-        rows: dict = {}
+        rows: Dict[int, int] = {}
         return [rows.setdefault(k, len(rows)) for k in new_keys.keys.tolist()]
 
     insert_sizes = f"{n:,} new int64 keys into an empty table (dim 16, zero rows)"

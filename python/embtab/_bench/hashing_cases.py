@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def fasttext_baseline(words: List[str], minn: int, maxn: int, bucket: int) -> Op
     fasttext = optional_import("fasttext")
     if fasttext is None:
         return None
-    state: dict = {}
+    state: Dict[str, Any] = {}
 
     def model() -> Any:
         if "model" not in state:

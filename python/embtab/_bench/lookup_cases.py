@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, List
 
 import numpy as np
+from numpy.typing import NDArray
 
 import embtab
 from embtab._arrays import aligned_empty
@@ -130,7 +131,10 @@ def onehot_cases(config: Config, rng: np.random.Generator) -> List[Case]:
         dense[np.arange(n), ids] = 1.0
         label = f"{vocab // 1000}k"
         sizes = f"{n} ids, vocabulary {vocab:,} x {config.dim} f32"
-        gather = (lambda table=table, ids=ids: embtab.gather(table, ids))
+
+        def gather(table: NDArray[np.float32] = table, ids: NDArray[np.int64] = ids) -> Any:
+            return embtab.gather(table, ids)
+
         out.append(Case(name=f"onehot_matmul_{label}", sizes=sizes + f", dense one-hot {dense.nbytes / 2**20:.0f} MB",
                         run=gather, baseline=(lambda dense=dense, table=table: dense @ table),
                         baseline_name="onehot @ table (BLAS)", check=assert_equal,

@@ -17,7 +17,7 @@ from embtab._arrays import aligned_empty
 from .common import Case, Config, IdBatches, assert_close, assert_equal, draw_id_batches, optional_import
 
 
-def _upcast_rows(table: Any, rows: np.ndarray) -> np.ndarray:
+def _upcast_rows(table: Any, rows: np.ndarray) -> Any:
     """float32 values of the given rows of a reduced-precision table (numpy only)."""
     if isinstance(table, np.ndarray):
         return table[rows].astype(np.float32)
@@ -106,7 +106,7 @@ def _add_torch_peers(torch: Any, out: List[Case], tables: Dict[str, Any], b: IdB
         "f16": torch.from_numpy(tables["f16"]),
         "bf16": torch.from_numpy(tables["bf16"].data.view(np.int16)).view(torch.bfloat16),
     }
-    byte_bag = getattr(getattr(torch.ops, "quantized", None), "embedding_bag_byte_rowwise_offsets", None)
+    byte_bag: Any = getattr(getattr(torch.ops, "quantized", None), "embedding_bag_byte_rowwise_offsets", None)
     packed = None
     if byte_bag is not None:
         fused = tables["int8"].packed
@@ -114,7 +114,7 @@ def _add_torch_peers(torch: Any, out: List[Case], tables: Dict[str, Any], b: IdB
         packed.numpy()[...] = fused
         del fused
 
-    def peer(fn: Callable[[], Any]) -> Callable[[], Any]:
+    def peer(fn: Callable[..., Any]) -> Callable[[], Any]:
         def run() -> Any:
             with torch.no_grad():
                 return fn()

@@ -235,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
                 print("| " + " | ".join(cells) + " |")
                 sys.stdout.flush()
             # Let go of this case (its closures hold the tables) before the next one is built.
-            case = fns = base_res = None
+            case = base_res = None
+            fns = {}
     finally:
         embtab.set_num_threads(original_threads)
         set_peer_threads(torch, original_peer_threads)

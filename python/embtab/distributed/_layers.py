@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -61,10 +61,10 @@ class ShardedEmbeddingBag:
     def _check_mode(mode: Any) -> PoolMode:
         if mode not in ("sum", "mean", "max"):
             raise ValueError(f"mode must be 'sum', 'mean' or 'max', got {mode!r}")
-        return mode
+        return cast(PoolMode, mode)
 
     @classmethod
-    def from_table(cls, table: ShardedTable, *, mode: PoolMode = "sum") -> "ShardedEmbeddingBag":
+    def from_table(cls, table: ShardedTable, *, mode: PoolMode = "sum") -> ShardedEmbeddingBag:
         """A layer over an existing sharded table (e.g. ``ShardedTable.from_checkpoint(path)``)."""
         if not isinstance(table, ShardedTable):
             raise TypeError(f"table must be a ShardedTable, got {type(table).__name__}")
@@ -84,6 +84,7 @@ class ShardedEmbeddingBag:
         """Pooled rows of each bag: ``ids`` 2-D (one bag per row) or 1-D with CSR ``offsets``;
         ``per_sample_weights`` (same shape as ids, "sum" / "mean" only) multiply the rows."""
         argmax = None
+        out: NDArray[np.floating]
         if self.mode == "max":
             out, argmax = self.table.gather_bags(ids, offsets, mode="max", weights=per_sample_weights,
                                                  return_argmax=True)
@@ -130,5 +131,5 @@ class ShardedEmbeddingBag:
         return dict(config, mode=self.mode), arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> "ShardedEmbeddingBag":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> ShardedEmbeddingBag:
         return cls.from_table(ShardedTable._from_checkpoint(config, arrays), mode=config["mode"])

@@ -116,7 +116,7 @@ def local_rows(layout: Layout, shard: int, owned: Optional[NDArray[np.int64]], i
     route, None for the range route). An id the shard does not own is a routing bug, never bad
     input (the client checked every id): it raises rather than touching another row."""
     if owned is None:
-        local = ids - layout.starts[shard]
+        local: NDArray[np.int64] = ids - layout.starts[shard]
         if local.size and (local.min() < 0 or local.max() >= layout.starts[shard + 1] - layout.starts[shard]):
             raise RuntimeError(f"shard {shard} received ids it does not own (client and shard disagree on the layout)")
         return local
@@ -128,7 +128,8 @@ def local_rows(layout: Layout, shard: int, owned: Optional[NDArray[np.int64]], i
 
 def _unit_floats(bits: NDArray[np.uint64]) -> NDArray[np.float64]:
     """The top 53 bits of each 64-bit hash as a float in [0, 1)."""
-    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+    unit: NDArray[np.float64] = (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
+    return unit
 
 
 def init_rows(ids: NDArray[np.int64], dim: int, num_rows: int, init: str, std: Optional[float], seed: int,
@@ -141,7 +142,8 @@ def init_rows(ids: NDArray[np.int64], dim: int, num_rows: int, init: str, std: O
     distributions are those of :class:`embtab.Embedding`'s ``init``, not its values (a local layer
     draws the whole table from one numpy stream).
     """
-    out = aligned_zeros((ids.size, dim), dtype) if init == "zeros" else aligned_empty((ids.size, dim), dtype)
+    out: NDArray[np.floating] = (aligned_zeros((ids.size, dim), dtype) if init == "zeros"
+                                 else aligned_empty((ids.size, dim), dtype))
     if init == "zeros" or out.size == 0:
         return out
     # Rows at a time: 2 hashes (16 bytes) and a few float64 temporaries per element.

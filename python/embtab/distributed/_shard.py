@@ -51,7 +51,7 @@ class ShardActor:
         self.num_rows = int(self.owned.size if self.owned is not None else
                             self.layout.starts[shard + 1] - self.layout.starts[shard])
         self.token = uuid.uuid4().hex
-        self.calls: Counter = Counter()
+        self.calls: Counter[str] = Counter()
         self.table: Optional[np.ndarray] = None
         self.opt: Any = None
         self.step = 0
@@ -78,7 +78,8 @@ class ShardActor:
     # -- state -----------------------------------------------------------------------------------
 
     def _global_ids(self, local: np.ndarray) -> np.ndarray:
-        return self.owned[local] if self.owned is not None else local + self.layout.starts[self.shard]
+        ids: np.ndarray = self.owned[local] if self.owned is not None else local + self.layout.starts[self.shard]
+        return ids
 
     def _local(self, ids: np.ndarray) -> np.ndarray:
         return local_rows(self.layout, self.shard, self.owned, np.asarray(ids, np.int64))
@@ -165,7 +166,8 @@ class ShardActor:
                 "restarted": self.restarted, "pid": os.getpid()}
 
     def gather(self, token: str, ids: np.ndarray) -> Any:
-        return self._refuse(token, "gather") or embtab.gather(self.table, self._local(ids))
+        # _refuse answers whenever no table is loaded: the gather never sees None.
+        return self._refuse(token, "gather") or embtab.gather(self.table, self._local(ids))  # type: ignore[arg-type]
 
     def bags(self, token: str, payload: Tuple[Any, ...]) -> Any:
         """Partial pooled sums (or maxima) of this shard's part of every bag that has one.
@@ -177,6 +179,7 @@ class ShardActor:
         refused = self._refuse(token, "bags")
         if refused:
             return refused
+        assert self.table is not None  # _refuse answered otherwise
         unique, index, offsets, weights, mode, want_argmax = payload
         ids = self._local(unique)[index]
         if mode != "max":

@@ -43,7 +43,7 @@ def digest(arrays: Mapping[str, np.ndarray]) -> str:
         # Large arrays in 64 MB slices: no second copy of a table-sized buffer.
         flat = array.reshape(-1).view(np.uint8)
         for begin in range(0, flat.size, 1 << 26):
-            h.update(memoryview(flat[begin:begin + (1 << 26)]))
+            h.update(flat[begin:begin + (1 << 26)].data)
     return h.hexdigest()
 
 

@@ -6,7 +6,7 @@ import numbers
 import os
 import sys
 import time
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import ray
@@ -14,16 +14,19 @@ from numpy.typing import ArrayLike, NDArray
 from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayActorError
 
 import embtab
+from embtab import _core
 from embtab._arrays import aligned_empty, as_ids, as_values
 from embtab._checkpoint import register_checkpointable
 from embtab._lookup import PoolMode
-from embtab import _core
 from embtab.layers import _check_size
 
 from . import _store
 from ._layout import Layout, check_init, group_by_shard
 from ._optimizer import OptimizerSpec, check_optimizer
 from ._shard import Restarted, ShardActor
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["ShardLost", "ShardedTable", "Shard"]
 
@@ -108,7 +111,7 @@ class Shard(NamedTuple):
     """One shard of a table's layout: its index, its number of rows, and for the range route the
     block of ids ``[start, stop)`` it holds (None for the hash route)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # public field name; shadows tuple.index as namedtuple allows
     num_rows: int
     start: Optional[int]
     stop: Optional[int]
@@ -264,7 +267,7 @@ class ShardedTable:
     @classmethod
     def from_array(cls, table: NDArray[np.floating], *, num_shards: int, route: str = "hash", optimizer: Any = None,
                    checkpoint_dir: Any = None, actor_options: Optional[Dict[str, Any]] = None,
-                   timeout: float = 300.0) -> "ShardedTable":
+                   timeout: float = 300.0) -> ShardedTable:
         """A sharded table with the rows of ``table`` (copied into the shards; a pretrained table).
 
         Takes the keyword arguments of the constructor. Until the first :meth:`save` into
@@ -285,7 +288,7 @@ class ShardedTable:
     @classmethod
     def from_checkpoint(cls, path: Any, *, num_shards: Optional[int] = None, route: Optional[str] = None,
                         checkpoint_dir: Any = None, actor_options: Optional[Dict[str, Any]] = None,
-                        timeout: float = 300.0) -> "ShardedTable":
+                        timeout: float = 300.0) -> ShardedTable:
         """The table a :meth:`save` wrote at ``path``, with its optimizer and steps, on new actors.
 
         ``num_shards`` and ``route`` default to the checkpoint's; others re-shard the rows (each
@@ -311,21 +314,21 @@ class ShardedTable:
         dtype = np.dtype(dtype)
         if dtype not in (np.float32, np.float64) or not dtype.isnative:
             raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-        self._dtype = dtype
+        self._dtype: np.dtype = dtype
         self._init = init
         self._optimizer: Optional[OptimizerSpec] = check_optimizer(optimizer, dtype)
-        self._checkpoint_dir = None if checkpoint_dir is None else os.path.abspath(os.fspath(checkpoint_dir))
+        self._checkpoint_dir: Optional[str] = None if checkpoint_dir is None else os.path.abspath(os.fspath(checkpoint_dir))
         if actor_options is not None and not isinstance(actor_options, dict):
             raise TypeError(f"actor_options must be a dict of Ray actor options, got {type(actor_options).__name__}")
         self._actor_options = {**_DEFAULT_ACTOR_OPTIONS, **(actor_options or {})}
         if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self._timeout = float(timeout)
+        self._timeout: float = float(timeout)
         # A zero-width table with the real number of rows: embtab's own checks of ids, offsets,
         # weights and modes run on it (same errors, same messages as a local table) at no memory.
-        self._probe = np.empty((layout.num_rows, 0), dtype)
-        self._sent = np.zeros(layout.num_shards, np.int64)
-        self._received = np.zeros(layout.num_shards, np.int64)
+        self._probe: NDArray[np.floating] = np.empty((layout.num_rows, 0), dtype)
+        self._sent: NDArray[np.int64] = np.zeros(layout.num_shards, np.int64)
+        self._received: NDArray[np.int64] = np.zeros(layout.num_shards, np.int64)
         self._actors: List[Any] = []
         self._tokens: List[Optional[str]] = []
 
@@ -341,7 +344,7 @@ class ShardedTable:
         self._actors = [self._new_actor(s) for s in range(self._layout.num_shards)]
         self._tokens = [None] * self._layout.num_shards
         refs = [a.hello.remote() for a in self._actors]
-        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self._timeout)
+        _ready, pending = ray.wait(refs, num_returns=len(refs), timeout=self._timeout)
         if pending:
             self.close()
             raise TimeoutError(f"{len(pending)} of {len(refs)} shard actors did not start within {self._timeout:g} s: "
@@ -361,10 +364,10 @@ class ShardedTable:
             ray.kill(actor, no_restart=True)
         self._actors = []
 
-    def __enter__(self) -> "ShardedTable":
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- properties ------------------------------------------------------------------------------
@@ -588,6 +591,7 @@ class ShardedTable:
         out = np.zeros((plan.num_bags, self._dim), self._dtype)
         argmax = np.full(out.shape, -1, np.int64) if return_argmax else None
         filled = np.zeros(plan.num_bags, bool)
+        part_arg: Any
         for s in sorted(results):
             bags = plan.bags[s]
             part, part_arg = results[s] if return_argmax else (results[s], None)
@@ -704,14 +708,14 @@ class ShardedTable:
 
     # -- checkpoints -----------------------------------------------------------------------------
 
-    def _path(self, path: Any) -> str:
+    def _path(self, path: Optional[Union[str, os.PathLike[str]]]) -> str:
         if path is None:
             if self._checkpoint_dir is None:
                 raise ValueError("no path given and the table has no checkpoint_dir")
             return self._checkpoint_dir
         return os.path.abspath(os.fspath(path))
 
-    def save(self, path: Any = None) -> str:
+    def save(self, path: Optional[Union[str, os.PathLike[str]]] = None) -> str:
         """Write a checkpoint of every shard, in parallel, and switch to it atomically.
 
         Each shard actor writes its rows and optimizer state with :func:`embtab.save` into a
@@ -791,7 +795,7 @@ class ShardedTable:
         for s, actor in enumerate(self._actors):
             try:
                 ray.get(actor.hello.remote(), timeout=self._timeout)
-            except ActorUnavailableError:
+            except ActorUnavailableError:  # noqa: PERF203 -- one remote call per shard dwarfs the try
                 continue  # restarting: Ray brings it back and load() then runs on it
             except RayActorError:
                 self._actors[s] = self._new_actor(s)
@@ -834,7 +838,7 @@ class ShardedTable:
         return dict(self._config(), step_count=steps), arrays
 
     @classmethod
-    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> "ShardedTable":
+    def _from_checkpoint(cls, config: Dict[str, Any], arrays: Dict[str, NDArray[Any]]) -> ShardedTable:
         self = cls.__new__(cls)
         self._configure(Layout(config["num_rows"], config["num_shards"], config["route"]), config["dim"],
                         np.dtype(config["dtype"]), config["init"], config["optimizer"], config["checkpoint_dir"],
