@@ -95,8 +95,10 @@ class Models:
                 return None
             from fbgemm_gpu.split_embedding_configs import EmbOptimType
             from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
-            from fbgemm_gpu.split_table_batched_embeddings_ops_training import (ComputeDevice,
-                                                                                SplitTableBatchedEmbeddingBagsCodegen)
+            from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+                ComputeDevice,
+                SplitTableBatchedEmbeddingBagsCodegen,
+            )
         specs = [(rows, self.dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for rows in self.sizes]
         tbe = SplitTableBatchedEmbeddingBagsCodegen(
             specs, optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD if train else EmbOptimType.EXACT_SGD,

@@ -9,8 +9,17 @@ from torch import Tensor, nn
 
 from .._checkpoint import register_checkpointable
 from ._convert import view
-from ._modules import (FusedOptimizer, OptimizerState, _aligned_tensor, _size, aligned_parameter, check_device,
-                       make_optimizer, optimizer_arguments, table_dtype)
+from ._modules import (
+    FusedOptimizer,
+    OptimizerState,
+    _aligned_tensor,
+    _size,
+    aligned_parameter,
+    check_device,
+    make_optimizer,
+    optimizer_arguments,
+    table_dtype,
+)
 from ._ops import register_fused
 
 _POOLINGS = ("sum", "mean")
