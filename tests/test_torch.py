@@ -175,7 +175,7 @@ def test_gradcheck_float64():
         emb = et.EmbeddingBag(9, 3, mode, dtype=torch.float64, padding_idx=2)
         weights = psw if mode == "sum" else None
         assert torch.autograd.gradcheck(lambda w, p: torch.ops.embtab.embedding_bag(
-            w, ids, offsets, p, [], mode, 2, False, "dense", -1)[0], (emb.weight, weights))
+            w, ids, offsets, p, [], mode, 2, False, "dense", -1)[0], (emb.weight, weights))  # noqa: B023 -- called right here
     emb = et.Embedding(9, 3, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda w: torch.ops.embtab.embedding(w, ids.reshape(-1, 1), [], -1, "dense", -1),
                                     (emb.weight,))
@@ -346,7 +346,9 @@ def test_fused_rowwise_adagrad_matches_fbgemm():
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
     from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
     from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
-        ComputeDevice, SplitTableBatchedEmbeddingBagsCodegen)
+        ComputeDevice,
+        SplitTableBatchedEmbeddingBagsCodegen,
+    )
 
     rng = np.random.default_rng(11)
     num, dim = 50, 16
@@ -454,7 +456,7 @@ def test_bad_input():
         bag(torch.tensor([[1.0, 2.0]], requires_grad=True))
     with pytest.raises(TypeError, match="weights must have"):
         bag(torch.tensor([[1, 2]]), per_sample_weights=torch.ones(1, 2, dtype=torch.float64))
-    with pytest.raises(TypeError, match="per_sample_weights has dtype torch.bfloat16"):
+    with pytest.raises(TypeError, match=r"per_sample_weights has dtype torch\.bfloat16"):
         bag(torch.tensor([[1, 2]]), per_sample_weights=torch.ones(1, 2, dtype=torch.bfloat16))
     with pytest.raises(IndexError, match=r"ids\[3\] = 10 is out of bounds for a table with 10 rows"):
         bag(torch.tensor([1, 2, 3, 10]), torch.tensor([0, 2]))
@@ -502,7 +504,7 @@ def test_numpy_api_takes_dlpack_tensors():
     before = table.clone()
     opt.step(ids[:1], torch.ones(1, 4))
     torch.testing.assert_close(table[1], before[1] - 1)
-    rows, grads = embtab.gather_bags_grad(torch.ones(2, 4), ids, offsets)
+    rows, _grads = embtab.gather_bags_grad(torch.ones(2, 4), ids, offsets)
     np.testing.assert_array_equal(rows, [1, 5, 19])
 
 

@@ -84,7 +84,7 @@ def test_gather_bags_multi_errors():
     bad[pos] = 7
     with pytest.raises(IndexError, match=rf"ids\[{pos}\] = 7 is out of bounds for a table with 7 rows .*feature 2, table 2"):
         embtab.gather_bags_multi(tables, bad, offsets)
-    with pytest.raises(ValueError, match="multiple|num_features"):
+    with pytest.raises(ValueError, match=r"multiple|num_features"):
         embtab.gather_bags_multi(tables, ids, offsets[:-1] if len(offsets) % 3 == 1 else offsets, feature_tables=[0, 1])
     with pytest.raises(ValueError, match="'max'"):
         embtab.gather_bags_multi(tables, ids, offsets, mode="max")

@@ -96,7 +96,7 @@ def test_opcheck_collection_backward_operators():
 def test_opcheck_collection_fused_step():
     ebc = et.EmbeddingBagCollection([et.TableConfig("a", 10, 4, ["x", "z"]), et.TableConfig("b", 6, 3, ["y"], "mean")],
                                     optimizer=optim.Adam, optimizer_kwargs={"lr": 0.1}, dtype=torch.float64)
-    weights, ids, offsets, psw, *_ = collection_args()
+    _weights, ids, offsets, psw, *_ = collection_args()
     # The collection's feature order is (x, z) of table a, then y of table b.
     args = ([w.detach() for w in ebc._weights()], ebc._state(), torch.randn(2, 11, dtype=torch.float64), ids, offsets,
             psw.detach(), [0, 0, 1], [False, False, True], ebc._handle)
@@ -142,7 +142,7 @@ def test_compile_fullgraph_trains_like_eager():
     rng = np.random.default_rng(0)
     for model in (eager, compiled_model):
         model.opt = torch.optim.SGD(model.top.parameters(), lr=0.05)
-    for step in range(4):
+    for _step in range(4):
         ids = torch.from_numpy(rng.integers(0, 50, 24))
         offsets = torch.arange(0, 24, 3)
         user = torch.from_numpy(rng.integers(0, 20, 8))

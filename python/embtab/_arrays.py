@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-
 # DLPack device types (dlpack.h) whose memory the CPU reads directly, and names for the others.
 _DLPACK_HOST_DEVICES = (1, 3, 11, 13)  # CPU, CUDA pinned host, ROCm pinned host, CUDA managed
 _DLPACK_DEVICE_NAMES = {2: "cuda", 4: "opencl", 7: "vulkan", 8: "metal", 9: "vpi", 10: "rocm", 12: "ext_dev",

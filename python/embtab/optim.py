@@ -68,7 +68,7 @@ __all__ = ["SGD", "Adagrad", "RowWiseAdagrad", "Adam", "AdamW", "step_bags_multi
 def _check_table(table: Any) -> NDArray[np.floating]:
     """The table, checked by the compiled layer (which checks it again at each step)."""
     table = as_array(table, "table")  # a torch tensor's (or other DLPack array's) memory, shared
-    return _core.check_optim_table(table)  # type: ignore[no-any-return]
+    return _core.check_optim_table(table)
 
 
 # Every optimizer's step lock, renewed in a forked child: a thread of the parent may have held one

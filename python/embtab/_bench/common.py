@@ -93,14 +93,15 @@ class Case:
 
     name: str
     sizes: str
-    # Called with no arguments. Callable[..., Any] because the cases bind loop variables as lambda
-    # defaults (`lambda kind=kind: ...`), which mypy cannot match against Callable[[], Any].
+    # Called with no arguments (the checks: with two). Callable[..., Any] because the cases bind loop
+    # variables as lambda defaults (`lambda kind=kind: ...`), which mypy cannot match against
+    # Callable[[], Any].
     run: Callable[..., Any]
     baseline: Optional[Callable[..., Any]] = None
     baseline_name: str = "numpy"
-    check: Optional[Callable[[Any, Any], None]] = None
+    check: Optional[Callable[..., None]] = None
     peers: Dict[str, Callable[..., Any]] = field(default_factory=dict)
-    peer_checks: Dict[str, Callable[[Any, Any], None]] = field(default_factory=dict)
+    peer_checks: Dict[str, Callable[..., None]] = field(default_factory=dict)
     bytes_moved: Optional[float] = None
     items: Optional[float] = None
     item_unit: str = "items"

@@ -67,12 +67,13 @@ class Models:
         self.torch, self.sizes, self.dim, self.batch, self.batches = torch, sizes, dim, batch, batches
         self.names = [f"f{i}" for i in range(len(sizes))]
         configs = [embtab.torch.TableConfig(f"t{i}", rows, dim, [self.names[i]]) for i, rows in enumerate(sizes)]
-        optimizer = {"optimizer": embtab.optim.RowWiseAdagrad, "optimizer_kwargs": {"lr": LR, "eps": EPS}} if train else {}
+        optimizer: Dict[str, Any] = {"optimizer": embtab.optim.RowWiseAdagrad,
+                                     "optimizer_kwargs": {"lr": LR, "eps": EPS}} if train else {}
         self.ebc = embtab.torch.EmbeddingBagCollection(configs, **optimizer)
         inits = [w.detach() for w in self.ebc._weights()]
         self.bags = [torch.nn.EmbeddingBag.from_pretrained(w.clone(), freeze=not train, mode="sum", sparse=True)
                      for w in inits]
-        self.torch_opt = torch.optim.Adagrad([b.weight for b in self.bags], lr=LR, eps=1e-10) if train else None
+        self.torch_opt: Any = torch.optim.Adagrad([b.weight for b in self.bags], lr=LR, eps=1e-10) if train else None
         self.tbe = self._fbgemm(inits, train)
         self.grad = torch.from_numpy(rng.standard_normal((batch, dim * len(sizes))).astype(np.float32) * 1e-2)
         self.first: Dict[str, Any] = {}  # each implementation's first output (before any update): for the checks
@@ -95,8 +96,10 @@ class Models:
                 return None
             from fbgemm_gpu.split_embedding_configs import EmbOptimType
             from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
-            from fbgemm_gpu.split_table_batched_embeddings_ops_training import (ComputeDevice,
-                                                                                SplitTableBatchedEmbeddingBagsCodegen)
+            from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+                ComputeDevice,
+                SplitTableBatchedEmbeddingBagsCodegen,
+            )
         specs = [(rows, self.dim, EmbeddingLocation.HOST, ComputeDevice.CPU) for rows in self.sizes]
         tbe = SplitTableBatchedEmbeddingBagsCodegen(
             specs, optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD if train else EmbOptimType.EXACT_SGD,

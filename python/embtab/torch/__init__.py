@@ -27,8 +27,8 @@ imports torch; ``import embtab`` alone never does.
 import torch as _torch  # noqa: F401  (a clear ImportError when torch is missing)
 
 from . import _ops  # noqa: F401  (registers torch.ops.embtab.*)
-from ._convert import follow_torch_threads
 from ._collection import EmbeddingBagCollection, JaggedBatch, KeyedTensor, TableConfig
+from ._convert import follow_torch_threads
 from ._modules import Embedding, EmbeddingBag, FusedOptimizer
 
 __all__ = [

@@ -1,7 +1,7 @@
 """EmbeddingBagCollection: many tables, one call per batch of jagged features (TorchRec's shape)."""
 
 import dataclasses
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, cast
 
 import numpy as np
 import torch
@@ -9,8 +9,17 @@ from torch import Tensor, nn
 
 from .._checkpoint import register_checkpointable
 from ._convert import view
-from ._modules import (FusedOptimizer, OptimizerState, _aligned_tensor, _size, aligned_parameter, check_device,
-                       make_optimizer, optimizer_arguments, table_dtype)
+from ._modules import (
+    FusedOptimizer,
+    OptimizerState,
+    _aligned_tensor,
+    _size,
+    aligned_parameter,
+    check_device,
+    make_optimizer,
+    optimizer_arguments,
+    table_dtype,
+)
 from ._ops import register_fused
 
 _POOLINGS = ("sum", "mean")
@@ -217,30 +226,38 @@ class EmbeddingBagCollection(nn.Module):
         self._handle = -1
         self._gradient = "sparse" if self.sparse else "dense"
         if optimizer is not None:
-            weights = [self.embedding_bags[c.name].weight for c in configs]
+            weights = [self._table(c.name).weight for c in configs]
             optimizers = [make_optimizer(view(w, "weight"), optimizer, optimizer_kwargs) for w in weights]
             self.fused_optimizer = FusedOptimizer(weights, optimizers)
             for t, c in enumerate(configs):
-                self.embedding_bags[c.name].optimizer_state = OptimizerState(self.fused_optimizer, t)
+                self._table(c.name).optimizer_state = OptimizerState(self.fused_optimizer, t)
             self._handle = register_fused(self.fused_optimizer)
             self._gradient = "fused"
         if self.sparse:
             from ._ops import mark_coalesced
 
             for c in configs:
-                self.embedding_bags[c.name].weight.register_post_accumulate_grad_hook(mark_coalesced)
+                self._table(c.name).weight.register_post_accumulate_grad_hook(mark_coalesced)  # type: ignore[no-untyped-call]  # unannotated in torch
 
     @property
     def tables(self) -> List[TableConfig]:
         return list(self._configs)
 
+    def _table(self, name: str) -> _Table:
+        return cast(_Table, self.embedding_bags[name])
+
+    def _optimizer_states(self) -> List[OptimizerState]:
+        """Each table's fused optimizer state, table by table (none unless fused)."""
+        tables = [self._table(c.name) for c in self._configs]
+        return [t.optimizer_state for t in tables if t.optimizer_state is not None]
+
     def _weights(self) -> List[Tensor]:
-        return [self.embedding_bags[c.name].weight for c in self._configs]
+        return [self._table(c.name).weight for c in self._configs]
 
     def _state(self) -> List[Tensor]:
         if self._gradient != "fused":
             return []
-        return [s for c in self._configs for s in self.embedding_bags[c.name].optimizer_state.tensors()]
+        return [s for state in self._optimizer_states() for s in state.tensors()]
 
     def forward(self, features: Any) -> Any:
         ids, offsets, weights = self._in_feature_order(features)
@@ -286,15 +303,14 @@ class EmbeddingBagCollection(nn.Module):
                                   "requires_grad": [bool(w.requires_grad) for w in self._weights()]}
         arrays = {}
         for c in self._configs:
-            table = self.embedding_bags[c.name]
+            table = self._table(c.name)
             arrays[f"{c.name}.weight"] = view(table.weight, "weight")
             if table.optimizer_state is not None:
                 config["optimizer"] = table.optimizer_state.get_extra_state()
                 for name, buf in zip(table.optimizer_state.names, table.optimizer_state.tensors()):
                     arrays[f"{c.name}.state.{name}"] = view(buf, name)
         if self.fused_optimizer is not None:
-            config["optimizer_states"] = [self.embedding_bags[c.name].optimizer_state.get_extra_state()
-                                          for c in self._configs]
+            config["optimizer_states"] = [state.get_extra_state() for state in self._optimizer_states()]
         return config, arrays
 
     @classmethod
@@ -306,7 +322,7 @@ class EmbeddingBagCollection(nn.Module):
         module = cls(tables, dtype=torch.float64 if first.dtype == np.float64 else torch.float32, **kwargs)
         with torch.no_grad():
             for t, c in enumerate(tables):
-                table = module.embedding_bags[c.name]
+                table = module._table(c.name)
                 table.weight.copy_(_aligned_tensor(arrays[f"{c.name}.weight"]))
                 table.weight.requires_grad_(bool(config["requires_grad"][t]))
                 if table.optimizer_state is not None:

@@ -2,7 +2,7 @@
 
 import inspect
 import operator
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ def table_dtype(dtype: Any) -> torch.dtype:
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if dtype not in _DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    return dtype
+    return cast(torch.dtype, dtype)
 
 
 def aligned_parameter(num_rows: int, dim: int, dtype: torch.dtype) -> nn.Parameter:
@@ -41,7 +41,7 @@ def _size(value: Any, name: str) -> int:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+    return cast(int, value)
 
 
 def _padding(padding_idx: Optional[int], num_embeddings: int) -> int:
@@ -79,7 +79,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         return {k: v for k, v in vars(self.optimizers[0]).items()
                 if not k.startswith("_") and isinstance(v, (int, float, tuple)) and not isinstance(v, bool)}
 
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         return closure() if closure is not None else None
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -192,7 +192,7 @@ class TableModule(nn.Module):
         self._handle = -1
         self._gradient = "sparse" if self.sparse else "dense"
         if self.sparse:
-            self.weight.register_post_accumulate_grad_hook(mark_coalesced)
+            self.weight.register_post_accumulate_grad_hook(mark_coalesced)  # type: ignore[no-untyped-call]  # unannotated in torch
         if optimizer is not None:
             table = view(self.weight, "weight")
             self.fused_optimizer = FusedOptimizer([self.weight], [make_optimizer(table, optimizer, optimizer_kwargs)])
@@ -324,8 +324,9 @@ class Embedding(TableModule):
                          scale_grad_by_freq, _weight, _freeze, device, dtype)
 
     def forward(self, input: Tensor) -> Tensor:
-        return torch.ops.embtab.embedding(self.weight, input, self._state(), self._padding, self._gradient,
-                                          self._handle)
+        out: Tensor = torch.ops.embtab.embedding(self.weight, input, self._state(), self._padding, self._gradient,
+                                                 self._handle)
+        return out
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}" + self._repr_options()
@@ -390,6 +391,7 @@ class EmbeddingBag(TableModule):
 
     def forward(self, input: Tensor, offsets: Optional[Tensor] = None,
                 per_sample_weights: Optional[Tensor] = None) -> Tensor:
+        out: Tensor
         out, _ = torch.ops.embtab.embedding_bag(self.weight, input, offsets, per_sample_weights, self._state(),
                                                 self.mode, self._padding, self.include_last_offset, self._gradient,
                                                 self._handle)

@@ -17,14 +17,14 @@ optimizer registered under ``handle``; the weight gets no gradient).
 
 import itertools
 import weakref
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import _core
-from .._lookup import gather, gather_bags, gather_bags_multi
+from .._lookup import PoolMode, gather, gather_bags, gather_bags_multi
 from ._convert import sync_threads, tensor, view
 
 _NO_ARGMAX = np.zeros(0, np.int64)
@@ -98,19 +98,21 @@ def embedding_bag(weight: Tensor, ids: Tensor, offsets: Optional[Tensor], per_sa
     if pooling == "max" and weights_np is None:
         out, argmax = gather_bags(table, ids_np, offsets_np, mode="max", return_argmax=True)
         return tensor(out), tensor(argmax)
-    out = gather_bags(table, ids_np, offsets_np, mode=pooling, weights=weights_np)
+    out = gather_bags(table, ids_np, offsets_np, mode=cast(PoolMode, pooling), weights=weights_np)
     return tensor(out), tensor(_NO_ARGMAX.copy())
 
 
 @embedding_bag.register_fake
-def _(weight, ids, offsets, per_sample_weights, state, pooling, padding_idx, include_last_offset, gradient, handle):
+def _(weight: Tensor, ids: Tensor, offsets: Optional[Tensor], per_sample_weights: Optional[Tensor],
+      state: List[Tensor], pooling: str, padding_idx: int, include_last_offset: bool, gradient: str,
+      handle: int) -> Tuple[Tensor, Tensor]:
     num_bags = _num_bags(ids, offsets, include_last_offset)
     out = weight.new_empty((num_bags, weight.shape[1]))
     argmax = ids.new_empty((num_bags, weight.shape[1]) if pooling == "max" else (0,), dtype=torch.int64)
     return out, argmax
 
 
-def _bag_setup(ctx, inputs, output):
+def _bag_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Tensor, Tensor]) -> None:
     weight, ids, offsets, per_sample_weights, state, pooling, padding_idx, include_last_offset, gradient, handle = inputs
     ctx.options = (pooling, padding_idx, include_last_offset, gradient, handle, weight.shape[0])
     # (needs_input_grad is not final while torch.compile traces: keep the rows whenever weights are given.)
@@ -119,7 +121,7 @@ def _bag_setup(ctx, inputs, output):
                           *state)
 
 
-def _bag_backward(ctx, grad_out, _grad_argmax):
+def _bag_backward(ctx: Any, grad_out: Tensor, _grad_argmax: Tensor) -> Tuple[Any, ...]:
     pooling, padding_idx, include_last_offset, gradient, handle, num_rows = ctx.options
     weight, ids, offsets, per_sample_weights, argmax, *state = ctx.saved_tensors
     grad_out = grad_out.contiguous()
@@ -152,13 +154,14 @@ def mark_coalesced(param: Tensor) -> None:
         grad._coalesced_(True)
 
 
-def _weight_grad(gradient: str, args: tuple, num_rows: int) -> Tensor:
+def _weight_grad(gradient: str, args: Tuple[Any, ...], num_rows: int) -> Tensor:
     if gradient == "sparse":
         rows, values = torch.ops.embtab.embedding_bag_sparse_backward(*args, num_rows)
         # embtab's rows are sorted, distinct and in range: torch need not check them again.
         return torch.sparse_coo_tensor(rows.unsqueeze(0), values, (num_rows, values.shape[1]), is_coalesced=True,
                                        check_invariants=False)
-    return torch.ops.embtab.embedding_bag_backward(*args, num_rows)
+    dense: Tensor = torch.ops.embtab.embedding_bag_backward(*args, num_rows)
+    return dense
 
 
 embedding_bag.register_autograd(_bag_backward, setup_context=_bag_setup)
@@ -177,17 +180,17 @@ def embedding(weight: Tensor, ids: Tensor, state: List[Tensor], padding_idx: int
 
 
 @embedding.register_fake
-def _(weight, ids, state, padding_idx, gradient, handle):
+def _(weight: Tensor, ids: Tensor, state: List[Tensor], padding_idx: int, gradient: str, handle: int) -> Tensor:
     return weight.new_empty(tuple(ids.shape) + (weight.shape[1],))
 
 
-def _embedding_setup(ctx, inputs, output):
+def _embedding_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
     weight, ids, state, padding_idx, gradient, handle = inputs
     ctx.options = (padding_idx, gradient, handle, weight.shape[0], weight.shape[1])
     ctx.save_for_backward(weight if gradient == "fused" else None, ids, *state)
 
 
-def _embedding_backward(ctx, grad_out):
+def _embedding_backward(ctx: Any, grad_out: Tensor) -> Tuple[Any, ...]:
     padding_idx, gradient, handle, num_rows, dim = ctx.options
     weight, ids, *state = ctx.saved_tensors
     args = (grad_out.contiguous().reshape(-1, dim), ids.reshape(-1, 1), None, None, ids.new_empty((0,), dtype=torch.int64),
@@ -205,8 +208,9 @@ embedding.register_autograd(_embedding_backward, setup_context=_embedding_setup)
 # Backward operators. They take the forward's bag arguments and its argmax (empty unless "max").
 
 
-def _bags_grad(grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx, include_last_offset,
-               num_rows) -> Tuple[Any, Any]:
+def _bags_grad(grad_out: Tensor, ids: Tensor, offsets: Optional[Tensor], per_sample_weights: Optional[Tensor],
+               argmax: Tensor, pooling: str, padding_idx: int, include_last_offset: bool,
+               num_rows: int) -> Tuple[Any, Any]:
     sync_threads()
     ids_np, offsets_np, weights_np = _csr(ids, offsets, per_sample_weights, padding_idx, include_last_offset)
     argmax_np = view(argmax, "argmax") if pooling == "max" else None
@@ -226,7 +230,8 @@ def embedding_bag_backward(grad_out: Tensor, ids: Tensor, offsets: Optional[Tens
 
 
 @embedding_bag_backward.register_fake
-def _(grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx, include_last_offset, num_rows):
+def _(grad_out: Tensor, ids: Tensor, offsets: Optional[Tensor], per_sample_weights: Optional[Tensor], argmax: Tensor,
+      pooling: str, padding_idx: int, include_last_offset: bool, num_rows: int) -> Tensor:
     return grad_out.new_empty((num_rows, grad_out.shape[1]))
 
 
@@ -242,7 +247,8 @@ def embedding_bag_sparse_backward(grad_out: Tensor, ids: Tensor, offsets: Option
 
 
 @embedding_bag_sparse_backward.register_fake
-def _(grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx, include_last_offset, num_rows):
+def _(grad_out: Tensor, ids: Tensor, offsets: Optional[Tensor], per_sample_weights: Optional[Tensor], argmax: Tensor,
+      pooling: str, padding_idx: int, include_last_offset: bool, num_rows: int) -> Tuple[Tensor, Tensor]:
     k = torch.library.get_ctx().new_dynamic_size()
     return ids.new_empty((k,), dtype=torch.int64), grad_out.new_empty((k, grad_out.shape[1]))
 
@@ -276,7 +282,8 @@ def embedding_bag_per_sample_weights_backward(grad_out: Tensor, weight: Tensor, 
 
 
 @embedding_bag_per_sample_weights_backward.register_fake
-def _(grad_out, weight, ids, offsets, pooling, padding_idx, include_last_offset):
+def _(grad_out: Tensor, weight: Tensor, ids: Tensor, offsets: Optional[Tensor], pooling: str, padding_idx: int,
+      include_last_offset: bool) -> Tensor:
     return grad_out.new_empty(ids.shape)
 
 
@@ -294,8 +301,9 @@ def embedding_bag_fused_step(weight: Tensor, state: List[Tensor], grad_out: Tens
 
 
 @embedding_bag_fused_step.register_fake
-def _(weight, state, grad_out, ids, offsets, per_sample_weights, argmax, pooling, padding_idx, include_last_offset,
-      handle):
+def _(weight: Tensor, state: List[Tensor], grad_out: Tensor, ids: Tensor, offsets: Optional[Tensor],
+      per_sample_weights: Optional[Tensor], argmax: Tensor, pooling: str, padding_idx: int, include_last_offset: bool,
+      handle: int) -> None:
     return None
 
 
@@ -310,7 +318,7 @@ def _views(tensors: List[Tensor], name: str) -> List[Any]:
     return [view(t, f"{name}[{i}]") for i, t in enumerate(tensors)]
 
 
-def _modes(mean_pooling: List[bool]) -> List[str]:
+def _modes(mean_pooling: List[bool]) -> List[PoolMode]:
     """Operator schemas have no list of str: poolings travel as "is it a mean" flags."""
     return ["mean" if mean else "sum" for mean in mean_pooling]
 
@@ -328,13 +336,14 @@ def embedding_bag_collection(weights: List[Tensor], ids: Tensor, offsets: Tensor
 
 
 @embedding_bag_collection.register_fake
-def _(weights, ids, offsets, per_sample_weights, state, feature_tables, mean_pooling, gradient, handle):
+def _(weights: List[Tensor], ids: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor], state: List[Tensor],
+      feature_tables: List[int], mean_pooling: List[bool], gradient: str, handle: int) -> Tensor:
     batch = (offsets.shape[0] - 1) // max(len(feature_tables), 1)
     width = sum(weights[t].shape[1] for t in feature_tables)
     return weights[0].new_empty((batch, width))
 
 
-def _collection_setup(ctx, inputs, output):
+def _collection_setup(ctx: Any, inputs: Tuple[Any, ...], output: Tensor) -> None:
     weights, ids, offsets, per_sample_weights, state, feature_tables, mean_pooling, gradient, handle = inputs
     shapes = [n for w in weights for n in w.shape]
     ctx.options = (list(feature_tables), list(mean_pooling), gradient, handle, shapes, len(weights))
@@ -342,7 +351,7 @@ def _collection_setup(ctx, inputs, output):
     ctx.save_for_backward(ids, offsets, per_sample_weights, *(weights if ctx.keep_weights else ()), *state)
 
 
-def _collection_backward(ctx, grad_out):
+def _collection_backward(ctx: Any, grad_out: Tensor) -> Tuple[Any, ...]:
     feature_tables, mean_pooling, gradient, handle, shapes, num_tables = ctx.options
     ids, offsets, per_sample_weights, *rest = ctx.saved_tensors
     weights, state = (rest[:num_tables], rest[num_tables:]) if ctx.keep_weights else ([], rest)
@@ -384,7 +393,8 @@ class _Features:
         return self.offsets[f * self.batch:(f + 1) * self.batch + 1] - self.start[f]
 
 
-def _collection_grads(grad_out, ids, offsets, per_sample_weights, feature_tables, mean_pooling, shapes) -> List[Any]:
+def _collection_grads(grad_out: Tensor, ids: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor],
+                      feature_tables: List[int], mean_pooling: List[bool], shapes: List[int]) -> List[Any]:
     """(rows, row gradients) per table: each table's features' bags together, so that a row used by
     several features of its table gets one summed gradient."""
     sync_threads()
@@ -394,7 +404,10 @@ def _collection_grads(grad_out, ids, offsets, per_sample_weights, feature_tables
     result = []
     for t, n in enumerate(num_rows):
         features = [f for f, ft in enumerate(feature_tables) if ft == t]
-        ids_t, grads_t, weights_t, offsets_t = [], [], [], [np.zeros(1, np.int64)]
+        ids_t: List[Any] = []
+        grads_t: List[Any] = []
+        weights_t: List[Any] = []
+        offsets_t: List[Any] = [np.zeros(1, np.int64)]
         for f in features:
             span = slice(feat.start[f], feat.start[f + 1])
             ids_t.append(ids_np[span])
@@ -425,7 +438,8 @@ def embedding_bag_collection_backward(grad_out: Tensor, ids: Tensor, offsets: Te
 
 
 @embedding_bag_collection_backward.register_fake
-def _(grad_out, ids, offsets, per_sample_weights, feature_tables, mean_pooling, shapes):
+def _(grad_out: Tensor, ids: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor], feature_tables: List[int],
+      mean_pooling: List[bool], shapes: List[int]) -> List[Tensor]:
     return [grad_out.new_empty((n, d)) for n, d in zip(shapes[0::2], shapes[1::2])]
 
 
@@ -439,7 +453,8 @@ def embedding_bag_collection_sparse_backward(grad_out: Tensor, ids: Tensor, offs
 
 
 @embedding_bag_collection_sparse_backward.register_fake
-def _(grad_out, ids, offsets, per_sample_weights, feature_tables, mean_pooling, shapes):
+def _(grad_out: Tensor, ids: Tensor, offsets: Tensor, per_sample_weights: Optional[Tensor], feature_tables: List[int],
+      mean_pooling: List[bool], shapes: List[int]) -> List[Tensor]:
     out = []
     for d in shapes[1::2]:
         k = torch.library.get_ctx().new_dynamic_size()
@@ -469,7 +484,8 @@ def embedding_bag_collection_per_sample_weights_backward(grad_out: Tensor, weigh
 
 
 @embedding_bag_collection_per_sample_weights_backward.register_fake
-def _(grad_out, weights, ids, offsets, feature_tables, mean_pooling):
+def _(grad_out: Tensor, weights: List[Tensor], ids: Tensor, offsets: Tensor, feature_tables: List[int],
+      mean_pooling: List[bool]) -> Tensor:
     return grad_out.new_empty(ids.shape)
 
 
@@ -488,7 +504,8 @@ def embedding_bag_collection_fused_step(weights: List[Tensor], state: List[Tenso
 
 
 @embedding_bag_collection_fused_step.register_fake
-def _(weights, state, grad_out, ids, offsets, per_sample_weights, feature_tables, mean_pooling, handle):
+def _(weights: List[Tensor], state: List[Tensor], grad_out: Tensor, ids: Tensor, offsets: Tensor,
+      per_sample_weights: Optional[Tensor], feature_tables: List[int], mean_pooling: List[bool], handle: int) -> None:
     return None
 
 
