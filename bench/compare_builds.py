@@ -108,9 +108,11 @@ def paired_worker(base_parent: Path, cases: str, quick: bool, rounds: int) -> No
             sys.modules["embtab"] = base
             try:
                 base_module = importlib.import_module(module.replace("embtab.", "embtab_base.", 1))
+            except ModuleNotFoundError:  # cases the base revision does not have: nothing to compare
+                base_module = None
             finally:
                 sys.modules["embtab"] = saved
-            base_cases.update({c.name: c for c in base_module.cases(config)}, module=module)
+            base_cases.update({c.name: c for c in (base_module.cases(config) if base_module else [])}, module=module)
         twin = base_cases.get(case.name)
         if twin is None:
             continue
