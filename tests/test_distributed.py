@@ -11,6 +11,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -580,6 +581,26 @@ def replay(table: ShardedTable, local: np.ndarray, opt: Any, seed: int, steps: i
     train_both(table, local, opt, np.random.default_rng(seed), steps)
 
 
+def kill_shard(table: ShardedTable, shard: int, sig: Optional[int] = None) -> None:
+    """Ends a shard's actor process (ray.kill, or the signal `sig`) and waits until the process is
+    gone: ray.kill only asks for it, and a call sent before the process ends would still be served."""
+    pid = table.stats()[shard]["pid"]
+    if sig is None:
+        ray.kill(table._actors[shard], no_restart=False)
+    else:
+        os.kill(pid, sig)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[1].startswith("Z"):
+                    return  # a zombie: the process has ended
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the process {pid} of shard {shard} did not end")
+
+
 def test_killed_shard_raises_shard_lost_recovers_and_training_goes_on(ray_local: Any, tmp_path: Any) -> None:
     path = str(tmp_path / "ck")
     hyper = {"lr": 0.05}
@@ -593,7 +614,7 @@ def test_killed_shard_raises_shard_lost_recovers_and_training_goes_on(ray_local:
         train_both(table, local, opt, rng, 3)
 
         # ray.kill: the actor process ends; Ray restarts it from the checkpoint.
-        ray.kill(table._actors[1], no_restart=False)
+        kill_shard(table, 1)
         ids = np.arange(NUM_ROWS)
         with pytest.raises(ShardLost) as info:
             table.step(ids, np.ones((NUM_ROWS, DIM), np.float32))
@@ -603,7 +624,7 @@ def test_killed_shard_raises_shard_lost_recovers_and_training_goes_on(ray_local:
         table.gather([0, 1, 2])  # the table keeps working
 
         # SIGKILL of a shard's process (as the OOM killer would): the next call that reaches it raises.
-        os.kill(table.stats()[2]["pid"], signal.SIGKILL)
+        kill_shard(table, 2, signal.SIGKILL)
         with pytest.raises(ShardLost) as info:
             table.gather(ids)
         assert (info.value.shard, info.value.step) == (2, 4)
@@ -624,7 +645,7 @@ def test_lost_shard_without_checkpoint_goes_back_to_its_initial_rows(ray_local: 
     with ShardedTable(NUM_ROWS, DIM, num_shards=2, route="range", optimizer=("sgd", {"lr": 1.0}), seed=3) as table:
         initial = table.to_numpy()
         table.step(np.arange(NUM_ROWS), np.ones((NUM_ROWS, DIM), np.float32))
-        ray.kill(table._actors[0], no_restart=False)
+        kill_shard(table, 0)
         with pytest.raises(ShardLost, match=r"restarted it from its initial rows .no checkpoint. at step 0") as info:
             table.gather([0])
         assert info.value.lost == {0: 0}
@@ -640,7 +661,7 @@ def test_shard_that_stays_dead_or_has_no_rows_until_load(ray_local: Any, tmp_pat
     # Ray may not restart it (max_restarts=0): every call says so, until load() starts it again.
     with ShardedTable.from_array(rows, num_shards=2, actor_options={"max_restarts": 0}) as table:
         table.save(path)
-        ray.kill(table._actors[1], no_restart=False)
+        kill_shard(table, 1)
         for _ in range(2):
             with pytest.raises(ShardLost, match=r"shard 1 of 2 was lost and has no rows now .Ray will not restart it") as info:
                 table.gather(np.arange(NUM_ROWS))
@@ -651,7 +672,7 @@ def test_shard_that_stays_dead_or_has_no_rows_until_load(ray_local: Any, tmp_pat
     # Built from arrays and never saved into checkpoint_dir: a restarted shard has nothing to go back to.
     with ShardedTable.from_array(rows, num_shards=2) as table:
         table.save(path)  # not its checkpoint_dir (it has none): restarts do not read it
-        ray.kill(table._actors[0], no_restart=False)
+        kill_shard(table, 0)
         with pytest.raises(ShardLost, match=r"has no rows now .nothing") as info:
             table.gather([0, 1, 2])
         assert info.value.lost == {0: None} and table.step_count == (None, 0)
