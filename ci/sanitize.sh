@@ -25,5 +25,8 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 # libstdc++ is preloaded too: ASan must see it at start-up to intercept C++ exceptions (python
 # itself does not link it).
 preload="$libasan $(gcc -print-file-name=libstdc++.so)"
-LD_PRELOAD="$preload" python -m pytest -q -p no:cacheprovider "$@"
+# The multi-node Ray cluster test is left out here: it starts three raylets, which under ASan on a
+# 2-core machine can miss Ray's own start-up timeout (it exercises Ray's failover, and runs in the
+# plain test run; tests/test_distributed.py runs Ray actors under ASan).
+LD_PRELOAD="$preload" python -m pytest -q -p no:cacheprovider --ignore=tests/test_distributed_cluster.py "$@"
 LD_PRELOAD="$preload" bash fuzz/run.sh "${EMBTAB_FUZZ_SECONDS:-15}"
