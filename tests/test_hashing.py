@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 import embtab
 
-# A copy of the project's shared reference notes (../shared/reference/hash-vectors.md), so that a
-# clean clone runs every test.
+# The known-answer vectors, kept in the repository (tests/fixtures) so that a clean clone runs every
+# test.
 REFERENCE = Path(__file__).resolve().parent / "fixtures" / "hash-vectors.md"
 FOX = "The quick brown fox jumps over the lazy dog"
 
