@@ -273,6 +273,18 @@ struct OptimTable {
 
   // What the update writes (the unused ones are empty arrays): kept apart, held together.
   std::vector<const py::array*> written() const { return {&table, &state1, &state2, &step}; }
+
+  // The byte ranges of the arrays it writes, for the WriteRegion that the update holds.
+  struct Ranges {
+    MemoryRange ranges[WriteRegion::kMaxRanges] = {};
+    int count = 0;
+  };
+  Ranges written_ranges() const {
+    Ranges r;
+    for (const py::array* a : written())
+      if (a->size() > 0) r.ranges[r.count++] = MemoryRange{a->data(), static_cast<std::size_t>(a->nbytes())};
+    return r;
+  }
 };
 
 // The step count of an optimizer that keeps one: a writeable 0-d int64 array, advanced by one with
@@ -362,14 +374,11 @@ template <class T>
 void apply_update(OptimTable& t, const SparsePlan& plan, const GradSource<T>& source, const Hyper& h) {
   const Update<T> update = make_update<T>(t, h);
   const SparseFns<T>& fns = sparse_kernels().get<T>();
-  MemoryRange ranges[WriteRegion::kMaxRanges] = {};
-  int count = 0;
-  for (const py::array* a : t.written())
-    if (a->size() > 0) ranges[count++] = MemoryRange{a->data(), static_cast<std::size_t>(a->nbytes())};
+  const OptimTable::Ranges written = t.written_ranges();
   std::int64_t* step_count = t.step_count;
   GilRelease release;
   // One update of a table and its state at a time.
-  const WriteRegion exclusive(ranges, count);
+  const WriteRegion exclusive(written.ranges, written.count);
   fns.reduce(plan, source, update);
   if (step_count) ++*step_count;
 }
@@ -510,11 +519,10 @@ void optim_step_bags_multi(const std::string& kind_name, const py::handle& table
   for (std::size_t t = 0; t < num_tables; ++t) order[t] = t;
   std::sort(order.begin(), order.end(),
             [&](std::size_t a, std::size_t b) { return opt[a].table.data() < opt[b].table.data(); });
-  std::vector<std::vector<MemoryRange>> ranges(num_tables);
+  std::vector<OptimTable::Ranges> ranges(num_tables);
   std::vector<std::int64_t*> step_counts;
   for (std::size_t t : order) {
-    for (const py::array* a : opt[t].written())
-      if (a->size() > 0) ranges[t].push_back(MemoryRange{a->data(), static_cast<std::size_t>(a->nbytes())});
+    ranges[t] = opt[t].written_ranges();
     if (opt[t].step_count) step_counts.push_back(opt[t].step_count);
   }
 
@@ -535,7 +543,7 @@ void optim_step_bags_multi(const std::string& kind_name, const py::handle& table
     GilRelease release;
     std::vector<std::unique_ptr<WriteRegion>> held;
     for (std::size_t t : order)
-      held.emplace_back(new WriteRegion(ranges[t].data(), static_cast<int>(ranges[t].size())));
+      held.emplace_back(new WriteRegion(ranges[t].ranges, ranges[t].count));
     fns.reduce_multi(st.plan, source, updates.data(), m.dims.data(), m.row_base.data(),
                      static_cast<std::int64_t>(num_tables));
     for (std::int64_t* count : step_counts) ++*count;

@@ -21,29 +21,32 @@ namespace {
 
 using std::int64_t;
 
-// Samples [s0, s1) on the calling thread, in tiles of `tile` samples: each feature's bags of a tile
-// go to the single-table per-bag code, so that a tile's output rows (every feature's columns)
-// stay in cache while the features fill them, and each call pools `tile` bags.
-// This path's lookup kernels for ids of type I over rows of type T.
+// The row format of T's tables, and this path's lookup kernels for it with ids of type I.
+template <class T>
+constexpr RowFormat plain_format() {
+  return std::is_same<T, double>::value ? RowFormat::f64 : RowFormat::f32;
+}
 template <class T, class I>
 const LookupFns<I>& plain_lookup() {
-  const int format = static_cast<int>(std::is_same<T, double>::value ? RowFormat::f64 : RowFormat::f32);
+  const int format = static_cast<int>(plain_format<T>());
   if constexpr (std::is_same<I, std::int32_t>::value)
     return lookup_kernels().i32[format];
   else
     return lookup_kernels().i64[format];
 }
 
+// Samples [s0, s1) on the calling thread, in tiles of `tile` samples: each feature's bags of a tile
+// go to the single-table per-bag code, so that a tile's output rows (every feature's columns)
+// stay in cache while the features fill them, and each call pools `tile` bags.
 template <class T, class I>
 int64_t multi_range(const MultiBags<T>& m, const I* ids, int64_t s0, int64_t s1, int64_t tile) {
   const LookupFns<I>& lookup = plain_lookup<T, I>();
-  const RowFormat format = std::is_same<T, double>::value ? RowFormat::f64 : RowFormat::f32;
   int64_t first_bad = -1;
   for (int64_t t0 = s0; t0 < s1; t0 += tile) {
     const int64_t t1 = min_of(s1, t0 + tile);
     for (int64_t f = 0; f < m.num_features; ++f) {
       const int64_t t = m.feature_table[f];
-      const TableView table{format, m.tables[t], nullptr, m.num_rows[t], m.dims[t]};
+      const TableView table{plain_format<T>(), m.tables[t], nullptr, m.num_rows[t], m.dims[t]};
       const int64_t bad = lookup.bags_block(table, ids, m.offsets + f * m.batch, t0, t1, m.weights, m.modes[f],
                                             m.out + m.out_col[f], m.out_stride);
       if (bad >= 0) atomic_min(&first_bad, bad);  // each call stops at its first: the minimum is the first

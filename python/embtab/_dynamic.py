@@ -273,9 +273,8 @@ class DynamicTable:
         """Points optimizer.table and its state arrays at the current views."""
         names = [n for n, _ in self._columns]
         optimizer.table = self._view(0, with_sink)
-        for key, value in optimizer.state.items():
-            if isinstance(value, np.ndarray) and value.ndim > 0:
-                optimizer.state[key] = self._view(names.index(f"opt{optimizer._dynamic_id}.{key}"), with_sink)
+        for key in optimizer._row_state():
+            optimizer.state[key] = self._view(names.index(f"opt{optimizer._dynamic_id}.{key}"), with_sink)
 
     @contextlib.contextmanager
     def _update(self, optimizer: Any) -> Iterator[Any]:

@@ -160,10 +160,9 @@ class _SparseOptimizer:
                 # state_dict keeps param_groups' lr), with the number of steps it has counted.
                 value = self.__dict__.get("lr") if name == "lr" else getattr(self, name)
                 hyper[name] = list(value) if isinstance(value, tuple) else value
-        # The step count (a 0-d array) is a scalar of the manifest; the per-row state are files.
-        per_row = {k: v for k, v in self.state.items() if isinstance(v, np.ndarray) and v.ndim > 0}
-        scalars = {k: (v.item() if isinstance(v, np.ndarray) else v) for k, v in self.state.items() if k not in per_row}
-        arrays = {f"state.{k}": v for k, v in per_row.items()}
+        # The step count is a scalar of the manifest; the per-row state arrays are files.
+        scalars = self._scalar_state()
+        arrays = {f"state.{k}": v for k, v in self._row_state().items()}
         arrays["table"] = self.layer.weight if self.layer is not None else self.table
         config = {"hyper": hyper, "scalars": scalars, "lr_steps": self._lr_steps}
         if hasattr(self, "_dynamic_id"):  # which of the DynamicTable's state columns are this optimizer's
@@ -230,6 +229,16 @@ class _SparseOptimizer:
         if lr is None:
             raise RuntimeError("no learning rate: the optimizer was saved with a schedule before its first step; set opt.lr")
         return float(lr)
+
+    def _row_state(self) -> Dict[str, np.ndarray]:
+        """The per-row state arrays: every entry of ``state`` but the step count."""
+        return {k: v for k, v in self.state.items() if isinstance(v, np.ndarray) and v.ndim > 0}
+
+    def _scalar_state(self) -> Dict[str, Any]:
+        """The other entries of ``state`` (the step count, a 0-d array the compiled step advances), as
+        plain Python numbers."""
+        rows = self._row_state()
+        return {k: (v.item() if isinstance(v, np.ndarray) else v) for k, v in self.state.items() if k not in rows}
 
     def zero_grad(self) -> None:
         """Clears ``layer.grad`` of the layer given to the constructor (no-op for a table): call it

@@ -47,4 +47,4 @@ def state_arrays(opt: Any) -> Dict[str, np.ndarray]:
     """The per-row state arrays of an optimizer (every embtab optimizer's arrays are per row)."""
     if opt is None:
         return {}
-    return {key: value for key, value in sorted(opt.state.items()) if isinstance(value, np.ndarray) and value.ndim > 0}
+    return dict(sorted(opt._row_state().items()))

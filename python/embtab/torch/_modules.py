@@ -137,9 +137,7 @@ class OptimizerState(nn.Module):
 
     def get_extra_state(self) -> Dict[str, Any]:
         opt = self._fused.optimizers[self._index]
-        # The step count is a 0-d array (advanced by the compiled step): kept as an int.
-        scalars = {k: (v.item() if isinstance(v, np.ndarray) else v) for k, v in opt.state.items()
-                   if not (isinstance(v, np.ndarray) and v.ndim > 0)}
+        scalars = opt._scalar_state()
         return {"optimizer": type(opt).__name__, "scalars": scalars, "param_group": dict(
             (k, self._fused.param_groups[0][k]) for k in self._fused.defaults)}
 
